@@ -1,0 +1,54 @@
+import { UsageError } from '../../lib/errors';
+import { formatVolume } from '../../lib/fs/volume';
+import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
+
+export const help = `Usage: kvfs format --meta URL --data URL [options]
+
+Creates a volume: its settings (data URL, block size, uuid, format version,
+creation time) and an empty root directory are stored under the volume's own
+prefix in the metadata store, so several volumes can share one etcd and one
+Redis. Refuses to replace an existing volume unless --force.
+
+Options:
+  --meta URL          where the volume's metadata lives:
+                      etcd://HOST:PORT[,HOST:PORT...]/VOLUME
+  --data URL          where its blocks live: redis://[USER:PASSWORD@]HOST:PORT[/DB]
+                      (a password is used, never stored)
+  --block-size SIZE   size of a data block, 64K to 4M (default 1M)
+  --force             replace an existing volume of that name (its files are
+                      lost; run 'kvfs gc' later to free its blocks)
+  --backend-timeout SECONDS
+                      fail when a backend does not answer in time (default 10)
+  -h, --help          show this help`;
+
+const OPTIONS = {
+  meta: { type: 'string' },
+  data: { type: 'string' },
+  'block-size': { type: 'string' },
+  force: { type: 'boolean' },
+  'backend-timeout': { type: 'string' },
+} as const;
+
+export async function formatCommand(argv: string[]): Promise<number> {
+  const { values } = parse('format', argv, OPTIONS, { min: 0, max: 0, names: '' });
+  if (values.help) return console.log(help), 0;
+  const metaUrl = str(values.meta);
+  const dataUrl = str(values.data);
+  if (!metaUrl) throw new UsageError('kvfs format needs --meta URL (e.g. etcd://127.0.0.1:2379/myvol)');
+  if (!dataUrl) throw new UsageError('kvfs format needs --data URL (e.g. redis://127.0.0.1:6379)');
+  const blockSize = parseSize(str(values['block-size']) ?? '1M', '--block-size');
+  if (blockSize < 64 * 1024 || blockSize > 4 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new UsageError(`--block-size must be a power of two from 64K to 4M, not ${formatSize(blockSize)}`);
+  }
+  const timeoutMs = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout') * 1000;
+  const settings = await formatVolume(metaUrl, {
+    dataUrl,
+    blockSize,
+    force: Boolean(values.force),
+    timeoutMs,
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+  });
+  console.log(`kvfs: formatted volume ${settings.name} (uuid ${settings.uuid}, block size ${formatSize(blockSize)}, data at ${settings.dataUrl})`);
+  return 0;
+}

@@ -1,0 +1,156 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync, openSync, readFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { UsageError } from '../../lib/errors';
+import { Filesystem } from '../../lib/fs/fs';
+import { openVolume } from '../../lib/fs/volume';
+import { checkMountpoint, mount } from '../../lib/fuse/mount';
+import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
+import { kvfsHome, removePid, writePid } from '../home';
+
+export const help = `Usage: kvfs mount --meta URL MOUNTPOINT [options]
+
+Mounts a volume made by 'kvfs format'. Runs in the foreground, prints one line
+when the mount is ready, and stays until the filesystem is unmounted (umount,
+fusermount3 -u, kvfs umount) or it gets SIGINT/SIGTERM; then it commits what it
+holds, unmounts and exits 0.
+
+Options:
+  --meta URL            the volume: etcd://HOST:PORT[,HOST:PORT...]/VOLUME
+  --data URL            where blocks live, overriding the URL recorded by format
+                        (another host may reach Redis at another address):
+                        redis://[USER:PASSWORD@]HOST:PORT[/DB]
+  -d, --background      return once the mount is ready; the daemon keeps running
+                        and logs to --log
+  --log FILE            log file in the background (default
+                        $KVFS_HOME/log/mount-NAME.log)
+  --no-allow-other      only the mounting user may use the mount (default: every
+                        user may, with permissions checked as on a disk; root only)
+  --read-only           refuse every change with EROFS
+  --attr-cache SECONDS  how long attributes are cached, by the kernel and by the
+                        daemon (default 1; 0 = always ask)
+  --entry-cache SECONDS how long name lookups are cached (default 1)
+  --cache-size SIZE     memory for cached blocks (default 256M)
+  --backend-timeout SECONDS
+                        a backend request not answered in this time fails the
+                        operation with ETIMEDOUT (default 10)
+  -h, --help            show this help`;
+
+const OPTIONS = {
+  meta: { type: 'string' },
+  data: { type: 'string' },
+  background: { type: 'boolean', short: 'd' },
+  log: { type: 'string' },
+  'no-allow-other': { type: 'boolean' },
+  'read-only': { type: 'boolean' },
+  'attr-cache': { type: 'string' },
+  'entry-cache': { type: 'string' },
+  'cache-size': { type: 'string' },
+  'backend-timeout': { type: 'string' },
+} as const;
+
+/** -d: start this same command as a detached daemon and return when it reports the mount ready. */
+async function startInBackground(argv: string[], mountpoint: string, logFile: string | undefined): Promise<number> {
+  const log = logFile ?? join(kvfsHome(), 'log', `mount-${basename(mountpoint) || 'root'}.log`);
+  mkdirSync(resolve(log, '..'), { recursive: true });
+  const out = openSync(log, 'a');
+  const args = argv.filter((a) => a !== '-d' && a !== '--background');
+  const child = spawn(process.execPath, [require.main?.filename ?? process.argv[1], 'mount', ...args], {
+    detached: true,
+    stdio: ['ignore', out, out, 'ipc'],
+  });
+  return new Promise((done) => {
+    child.on('message', (msg: { ready?: string }) => {
+      if (msg.ready) {
+        console.log(`${msg.ready} (pid ${child.pid}, log ${log})`);
+        child.disconnect();
+        child.unref();
+        done(0);
+      }
+    });
+    child.on('exit', (code) => {
+      const lines = readFileSync(log, 'utf8').trim().split('\n');
+      console.error(lines[lines.length - 1] || `kvfs: the mount daemon exited with code ${code}`);
+      done(1);
+    });
+  });
+}
+
+export async function mountCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parse('mount', argv, OPTIONS, { min: 1, max: 1, names: 'a MOUNTPOINT' });
+  if (values.help) return console.log(help), 0;
+  const metaUrl = str(values.meta);
+  if (!metaUrl) throw new UsageError('kvfs mount needs --meta URL (the volume, e.g. etcd://127.0.0.1:2379/myvol)');
+  const attrCache = parseSeconds(str(values['attr-cache']) ?? '1', '--attr-cache');
+  const entryCache = parseSeconds(str(values['entry-cache']) ?? '1', '--entry-cache');
+  const cacheBytes = parseSize(str(values['cache-size']) ?? '256M', '--cache-size');
+  const backendTimeout = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout');
+  if (backendTimeout <= 0) throw new UsageError('--backend-timeout must be more than 0');
+
+  // Cheap local checks first, so bad input fails before any connection is made.
+  const mountpoint = checkMountpoint(positionals[0]);
+  if (values.background) return startInBackground(argv, mountpoint, str(values.log));
+
+  const volume = await openVolume(metaUrl, { dataUrl: str(values.data), timeoutMs: backendTimeout * 1000 });
+  const fs = new Filesystem(volume.meta, volume.store, {
+    attrCacheMs: attrCache * 1000,
+    entryCacheMs: entryCache * 1000,
+    readOnly: Boolean(values['read-only']),
+    cacheBytes,
+    commitThreshold: 64 * 1024 * 1024,
+  });
+  let mounted;
+  try {
+    mounted = await mount(fs, mountpoint, {
+      source: `kvfs:${volume.settings.name}`,
+      allowOther: !values['no-allow-other'],
+      readOnly: Boolean(values['read-only']),
+      attrTimeout: attrCache,
+      entryTimeout: entryCache,
+      // Longer than the backend timeout, so the daemon's own error (with its errno) wins.
+      opTimeout: backendTimeout * 2 + 5,
+      observe: (op, errno, ms) => {
+        if (errno === 5 || errno === 110) console.error(`kvfs: ${op} failed with errno ${errno} after ${ms.toFixed(0)} ms`);
+      },
+    });
+  } catch (err) {
+    await volume.close();
+    throw err;
+  }
+  writePid(mountpoint);
+  const ready = `kvfs: mounted ${volume.describe} (block size ${formatSize(volume.settings.blockSize)}) at ${mountpoint}`;
+  console.log(ready);
+  if (process.send) {
+    process.send({ ready });
+    process.disconnect?.();
+  }
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`kvfs: ${signal}: committing and unmounting ${mountpoint}`);
+    await fs.flushAll().catch((err) => console.error(`kvfs: commit before unmount failed: ${(err as Error).message}`));
+    try {
+      await mounted.unmount(false);
+    } catch {
+      // Busy: detach it; files still open on it then fail with ENOTCONN once we exit.
+      await mounted.unmount(true).catch((err) => console.error(`kvfs: ${(err as Error).message}`));
+    }
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('unhandledRejection', (err) => console.error(`kvfs: unexpected error: ${(err as Error)?.stack ?? err}`));
+
+  await mounted.gone;
+  let code = 0;
+  try {
+    await fs.close();
+  } catch (err) {
+    console.error(`kvfs: could not commit everything before exit: ${(err as Error).message}`);
+    code = 1;
+  }
+  await volume.close().catch(() => undefined);
+  removePid(mountpoint);
+  return code;
+}

@@ -1,0 +1,21 @@
+// The block store interface: immutable blocks by id.
+//
+// The block store never sees inodes, paths or offsets (as JuiceFS pkg/chunk). A block is written
+// once under a fresh id and never changed; the metadata engine decides which ids a file uses.
+// Every backend must pass the shared conformance suite in test/_suites/blocks.ts.
+
+export interface BlockStore {
+  /** Short backend name for messages and status ('redis', 'sqlite'). */
+  readonly kind: string;
+  /** Store a block. Resolves only once the backend has accepted it. */
+  put(id: string, data: Buffer): Promise<void>;
+  /** The block's bytes, or undefined if no such block exists. */
+  get(id: string): Promise<Buffer | undefined>;
+  /** Delete blocks; ids that do not exist are ignored. */
+  delete(ids: readonly string[]): Promise<void>;
+  /** Every stored block id, in batches (for gc and fsck); order unspecified. */
+  list(onBatch: (ids: string[]) => Promise<void> | void): Promise<void>;
+  /** Number of blocks and bytes stored (approximate where the backend cannot say exactly). */
+  usage(): Promise<{ blocks: number; bytes: number }>;
+  close(): Promise<void>;
+}

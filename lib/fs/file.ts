@@ -1,0 +1,275 @@
+// The data path of one open file: reads through the block cache, writes into dirty blocks held
+// in memory, and commits (blocks to the block store first, then the block map to metadata).
+//
+// Layers a read looks through, newest first: dirty blocks (written, not yet committing), blocks
+// being committed, then the committed block map. All handles of one inode on this mount share
+// one OpenFile, so every handle (and stat) sees writes made through any other before they are
+// committed.
+
+import { FsError } from '../errors';
+import type { BlockStore } from '../data/store';
+import type { Attr, BlockRef, ChunkMap } from '../meta/schema';
+import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
+import type { Meta } from '../meta/meta';
+import type { BlockCache } from './cache';
+
+/** A block being modified in memory. Its buffer grows as needed, up to the block size. */
+class DirtyBlock {
+  private buf: Buffer;
+  /** Bytes of the block that hold file data; past this the block reads as zeros. */
+  len: number;
+
+  constructor(base: Buffer, capacity: number) {
+    this.buf = Buffer.alloc(Math.max(base.length, capacity));
+    base.copy(this.buf);
+    this.len = base.length;
+  }
+
+  write(offset: number, data: Buffer, blockSize: number): void {
+    const end = offset + data.length;
+    if (end > this.buf.length) {
+      // Grow geometrically so sequential writes copy each byte O(1) times on average.
+      const grown = Buffer.alloc(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
+      this.buf.copy(grown, 0, 0, this.len);
+      this.buf = grown;
+    }
+    if (offset > this.len) this.buf.fill(0, this.len, offset);
+    data.copy(this.buf, offset);
+    this.len = Math.max(this.len, end);
+  }
+
+  /** The block's valid bytes (a view; the block must not be written after it is committed). */
+  data(): Buffer {
+    return this.buf.subarray(0, this.len);
+  }
+
+  copy(capacity: number): DirtyBlock {
+    return new DirtyBlock(this.data(), capacity);
+  }
+}
+
+/** Serializes async critical sections (a tiny mutex). */
+class Lock {
+  private tail: Promise<void> = Promise.resolve();
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}
+
+export interface OpenFileOptions {
+  /** Dirty bytes of one file that start a commit in the background (default 64 MiB). */
+  commitThreshold: number;
+}
+
+export class OpenFile {
+  /** Open handles on this mount. */
+  handles = 0;
+  /** Set once the file's last name is removed: destroy its data after the last close. */
+  orphaned = false;
+  /** The file size as this mount sees it, uncommitted writes included. */
+  size: number;
+  /** Modification time of the newest uncommitted write. */
+  private pendingMtime: bigint | undefined;
+  private dirty = new Map<number, DirtyBlock>();
+  private committing: Map<number, DirtyBlock> | undefined;
+  private commitDone: Promise<void> | undefined;
+  /** Committed block map, by chunk, as last read or committed by this mount. */
+  private chunks = new Map<number, ChunkMap>();
+  private readonly writeLock = new Lock();
+  private readonly commitLock = new Lock();
+
+  constructor(
+    readonly ino: number,
+    attr: Attr,
+    private readonly meta: Meta,
+    private readonly store: BlockStore,
+    private readonly cache: BlockCache,
+    private readonly options: OpenFileOptions,
+  ) {
+    this.size = attr.size;
+  }
+
+  private get blockSize(): number {
+    return this.meta.blockSize;
+  }
+
+  get hasPendingWrites(): boolean {
+    return this.dirty.size > 0 || this.committing !== undefined;
+  }
+
+  /** Overlays this mount's uncommitted size and mtime on committed attributes. */
+  overlay(attr: Attr): Attr {
+    if (!this.hasPendingWrites) return attr;
+    const mtime = this.pendingMtime ?? attr.mtime;
+    return { ...attr, size: this.size, mtime, ctime: mtime > attr.ctime ? mtime : attr.ctime };
+  }
+
+  /** Close-to-open: forget the cached block map (when nothing local depends on it). */
+  revalidate(attr: Attr): void {
+    if (this.hasPendingWrites) return;
+    this.chunks.clear();
+    this.size = attr.size;
+  }
+
+  private async chunkMap(chunk: number): Promise<ChunkMap> {
+    let map = this.chunks.get(chunk);
+    if (!map) {
+      map = await this.meta.readChunk(this.ino, chunk);
+      this.chunks.set(chunk, map);
+    }
+    return map;
+  }
+
+  private async committedRef(index: number): Promise<BlockRef | undefined> {
+    return (await this.chunkMap(Math.floor(index / CHUNK_BLOCKS))).get(index % CHUNK_BLOCKS);
+  }
+
+  /** The committed content of block `index` (its valid bytes only), or undefined for a hole. */
+  private async committedBlock(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const ref = await this.committedRef(index);
+      if (!ref) return undefined;
+      for (const next of readahead) {
+        // Best effort: start fetching the next blocks of a sequential reader.
+        this.committedRef(next).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
+      }
+      const data = await this.cache.get(this.store, ref.id);
+      if (data) return data.length > ref.len ? data.subarray(0, ref.len) : data;
+      // Another mount replaced and deleted this block since we read the map: read the map again.
+      if (attempt > 0) throw new FsError('EIO', `block ${ref.id} of inode ${this.ino} is missing from the block store`);
+      this.chunks.delete(Math.floor(index / CHUNK_BLOCKS));
+    }
+  }
+
+  private lastReadEnd = -1;
+
+  async read(position: number, length: number): Promise<Buffer> {
+    if (position >= this.size || length <= 0) return Buffer.alloc(0);
+    const end = Math.min(this.size, position + length);
+    const out = Buffer.alloc(end - position);
+    const bs = this.blockSize;
+    const sequential = position === this.lastReadEnd;
+    this.lastReadEnd = end;
+    const pieces: Promise<void>[] = [];
+    for (let index = Math.floor(position / bs); index * bs < end; index++) {
+      const blockStart = index * bs;
+      const from = Math.max(position, blockStart);
+      const to = Math.min(end, blockStart + bs);
+      const readahead = sequential ? [index + 1, index + 2] : [];
+      pieces.push(
+        this.blockContent(index, readahead).then((data) => {
+          if (data) data.copy(out, from - position, from - blockStart, Math.min(to - blockStart, data.length));
+        }),
+      );
+    }
+    await Promise.all(pieces);
+    return out;
+  }
+
+  private async blockContent(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+    const local = this.dirty.get(index) ?? this.committing?.get(index);
+    if (local) return local.data();
+    return this.committedBlock(index, readahead);
+  }
+
+  async write(position: number, data: Buffer): Promise<number> {
+    await this.writeLock.run(async () => {
+      const bs = this.blockSize;
+      let offset = 0;
+      while (offset < data.length) {
+        const at = position + offset;
+        const index = Math.floor(at / bs);
+        const inBlock = at % bs;
+        const n = Math.min(bs - inBlock, data.length - offset);
+        let block = this.dirty.get(index);
+        if (!block) {
+          const whole = inBlock === 0 && n === bs;
+          const inFlight = this.committing?.get(index);
+          if (inFlight) block = inFlight.copy(inBlock + n);
+          else block = new DirtyBlock(whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0)), inBlock + n);
+          // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
+          const validInBlock = Math.max(0, this.size - index * bs);
+          if (block.len > validInBlock) block.len = validInBlock;
+          this.dirty.set(index, block);
+        }
+        block.write(inBlock, data.subarray(offset, offset + n), bs);
+        offset += n;
+      }
+      this.size = Math.max(this.size, position + data.length);
+      this.pendingMtime = nowNs();
+    });
+    if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
+      // Keep at most one commit in flight per file: a writer that outruns the store waits here.
+      if (this.commitDone) await this.commitDone;
+      if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
+        // A failed background commit puts its blocks back into dirty: the next flush retries them
+        // and reports the error if it fails again, so nothing is lost silently.
+        this.commitDone = this.commit().catch(() => undefined);
+      }
+    }
+    return data.length;
+  }
+
+  /** Commits everything written so far (including blocks a failed background commit gave back). */
+  flush(): Promise<void> {
+    return this.commit();
+  }
+
+  /** Commit: store the dirty blocks under new ids, then switch the block map in one transaction. */
+  commit(): Promise<void> {
+    return this.commitLock.run(async () => {
+      if (this.dirty.size === 0) return;
+      const blocks = this.dirty;
+      this.dirty = new Map();
+      this.committing = blocks;
+      const size = this.size;
+      const mtime = this.pendingMtime ?? nowNs();
+      try {
+        const list = [...blocks];
+        const ids = await this.meta.allocBlockIds(list.length);
+        await Promise.all(list.map(([, block], k) => this.store.put(String(ids[k]), block.data())));
+        const writes = list.map(([index, block], k) => ({ index, ref: { id: ids[k], len: block.len } }));
+        const { attr, replaced } = await this.meta.commitBlocks(this.ino, writes, size, mtime);
+        for (const { index, ref } of writes) {
+          const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
+          if (map) map.set(index % CHUNK_BLOCKS, ref);
+          this.cache.add(ref.id, blocks.get(index)!.data());
+        }
+        if (this.dirty.size === 0) this.size = attr.size;
+        else this.size = Math.max(this.size, attr.size);
+        if (replaced.length) this.releaseBlocks(replaced);
+      } catch (err) {
+        // Keep the data: newer writes to the same blocks win, the rest go back to dirty.
+        for (const [index, block] of blocks) if (!this.dirty.has(index)) this.dirty.set(index, block);
+        throw err;
+      } finally {
+        this.committing = undefined;
+      }
+      if (this.dirty.size === 0) this.pendingMtime = undefined;
+    });
+  }
+
+  /** Truncate: commit pending writes, then cut the committed file. */
+  async truncate(size: number): Promise<Attr> {
+    return this.writeLock.run(async () => {
+      await this.flush();
+      const { attr, released } = await this.meta.truncate(this.ino, size);
+      this.chunks.clear();
+      this.size = attr.size;
+      if (released.length) this.releaseBlocks(released);
+      return attr;
+    });
+  }
+
+  /** Deletes blocks no longer referenced by this file. Failures only leak space (gc finds it). */
+  private releaseBlocks(ids: number[]): void {
+    for (const id of ids) this.cache.remove(id);
+    this.store.delete(ids.map(String)).catch(() => undefined);
+  }
+}

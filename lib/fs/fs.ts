@@ -1,0 +1,440 @@
+// POSIX semantics over the metadata engine and the block store: path resolution, the entry and
+// attribute caches, file handles, and argument checks. The FUSE adapter (lib/fuse) calls this
+// layer with paths and handle numbers; everything here throws FsError on failure.
+
+import { FsError } from '../errors';
+import type { BlockStore } from '../data/store';
+import type { Meta, Unlinked } from '../meta/meta';
+import { Attr, Entry, FileType, ROOT_INO, typeOfMode } from '../meta/schema';
+import { BlockCache } from './cache';
+import { OpenFile } from './file';
+
+export interface FsOptions {
+  /** How long this daemon trusts a cached attribute, ms (the kernel's own cache is set apart). */
+  attrCacheMs: number;
+  /** How long this daemon trusts a cached name -> inode entry, ms. */
+  entryCacheMs: number;
+  /** Refuse every change with EROFS. */
+  readOnly: boolean;
+  /** Bytes of block data kept in memory for reads. */
+  cacheBytes: number;
+  /** Dirty bytes of one file that start a commit in the background. */
+  commitThreshold: number;
+}
+
+/** Who is asking: the calling process's credentials, from the kernel. */
+export interface Caller {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+export interface StatFs {
+  blockSize: number;
+  blocks: number;
+  blocksFree: number;
+  files: number;
+  filesFree: number;
+  nameMax: number;
+}
+
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+const XATTR_SIZE_MAX = 65536;
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_TRUNC = 0o1000;
+
+interface Cached<T> {
+  value: T;
+  expires: number;
+}
+
+interface Handle {
+  ino: number;
+  flags: number;
+  file: OpenFile;
+}
+
+function splitPath(path: string): string[] {
+  return path.split('/').filter((c) => c.length > 0);
+}
+
+function parentAndName(path: string): { parentPath: string; name: string } {
+  const parts = splitPath(path);
+  if (parts.length === 0) throw new FsError('EBUSY', 'the root directory cannot be changed this way');
+  const name = parts.pop()!;
+  checkName(name);
+  return { parentPath: '/' + parts.join('/'), name };
+}
+
+function checkName(name: string): void {
+  if (Buffer.byteLength(name) > NAME_MAX) throw new FsError('ENAMETOOLONG', name.slice(0, 32) + '...');
+}
+
+export class Filesystem {
+  private readonly entries = new Map<string, Cached<Entry>>();
+  private readonly attrs = new Map<number, Cached<Attr>>();
+  private readonly files = new Map<number, OpenFile>();
+  private readonly handles = new Map<number, Handle>();
+  private nextHandle = 1;
+  private readonly cache: BlockCache;
+  /** Work started in the background (reclaiming orphans), awaited at shutdown. */
+  private readonly background = new Set<Promise<void>>();
+
+  constructor(
+    readonly meta: Meta,
+    readonly store: BlockStore,
+    readonly options: FsOptions,
+  ) {
+    this.cache = new BlockCache(options.cacheBytes);
+  }
+
+  // ---- caches and path resolution ---------------------------------------------------------
+
+  private entryKey(parent: number, name: string): string {
+    return `${parent}/${name}`;
+  }
+
+  private rememberEntry(parent: number, entry: Entry): void {
+    if (this.options.entryCacheMs > 0) {
+      this.entries.set(this.entryKey(parent, entry.name), { value: entry, expires: Date.now() + this.options.entryCacheMs });
+    }
+  }
+
+  private forgetEntry(parent: number, name: string): void {
+    this.entries.delete(this.entryKey(parent, name));
+  }
+
+  private rememberAttr(attr: Attr): Attr {
+    if (this.options.attrCacheMs > 0) this.attrs.set(attr.ino, { value: attr, expires: Date.now() + this.options.attrCacheMs });
+    return attr;
+  }
+
+  private async lookup(parent: number, name: string): Promise<Entry> {
+    const cached = this.entries.get(this.entryKey(parent, name));
+    if (cached && cached.expires > Date.now()) return cached.value;
+    checkName(name);
+    const entry = await this.meta.lookup(parent, name);
+    this.rememberEntry(parent, entry);
+    return entry;
+  }
+
+  private async resolve(path: string): Promise<number> {
+    let ino = ROOT_INO;
+    for (const name of splitPath(path)) ino = (await this.lookup(ino, name)).ino;
+    return ino;
+  }
+
+  /** Committed attributes (cached for attrCacheMs), with this mount's unflushed writes on top. */
+  private async attrOf(ino: number): Promise<Attr> {
+    const cached = this.attrs.get(ino);
+    const attr = cached && cached.expires > Date.now() ? cached.value : this.rememberAttr(await this.meta.getattr(ino));
+    const file = this.files.get(ino);
+    return file ? file.overlay(attr) : attr;
+  }
+
+  private writable(): void {
+    if (this.options.readOnly) throw new FsError('EROFS');
+  }
+
+  // ---- attributes ----------------------------------------------------------------------
+
+  async getattr(path: string): Promise<Attr> {
+    return this.attrOf(await this.resolve(path));
+  }
+
+  async fgetattr(path: string, fh: number): Promise<Attr> {
+    const handle = this.handles.get(fh);
+    return this.attrOf(handle ? handle.ino : await this.resolve(path));
+  }
+
+  /** Runs a metadata change of one inode after committing its pending writes (so a later commit
+   * cannot overwrite, say, an explicit mtime with the time of an earlier write). */
+  private async changeAttr(path: string, change: (ino: number) => Promise<Attr>): Promise<void> {
+    this.writable();
+    const ino = await this.resolve(path);
+    await this.files.get(ino)?.flush();
+    this.rememberAttr(await change(ino));
+  }
+
+  chmod(path: string, mode: number): Promise<void> {
+    return this.changeAttr(path, (ino) => this.meta.setattr(ino, { perm: mode }));
+  }
+
+  chown(path: string, uid: number, gid: number): Promise<void> {
+    // (uid_t)-1 means "leave unchanged".
+    const keep = (id: number) => (id === 0xffffffff || id === -1 ? undefined : id);
+    return this.changeAttr(path, (ino) => this.meta.setattr(ino, { uid: keep(uid), gid: keep(gid) }));
+  }
+
+  /** Times in ns since the epoch; null leaves that time unchanged. */
+  utimens(path: string, atime: bigint | null, mtime: bigint | null): Promise<void> {
+    return this.changeAttr(path, (ino) => this.meta.setattr(ino, { atime: atime ?? undefined, mtime: mtime ?? undefined }));
+  }
+
+  async truncate(path: string, size: number): Promise<void> {
+    this.writable();
+    await this.truncateInode(await this.resolve(path), size);
+  }
+
+  async ftruncate(path: string, fh: number, size: number): Promise<void> {
+    this.writable();
+    const handle = this.handles.get(fh);
+    await this.truncateInode(handle ? handle.ino : await this.resolve(path), size);
+  }
+
+  private async truncateInode(ino: number, size: number): Promise<void> {
+    if (size < 0) throw new FsError('EINVAL');
+    const file = this.files.get(ino);
+    if (file) {
+      this.rememberAttr(await file.truncate(size));
+      return;
+    }
+    const { attr, released } = await this.meta.truncate(ino, size);
+    this.rememberAttr(attr);
+    if (released.length) this.deleteBlocks(released);
+  }
+
+  // ---- directories -----------------------------------------------------------------------
+
+  async readdir(path: string): Promise<string[]> {
+    const ino = await this.resolve(path);
+    const attr = await this.attrOf(ino);
+    if (attr.type !== 'dir') throw new FsError('ENOTDIR');
+    const entries = await this.meta.readdir(ino);
+    for (const entry of entries) this.rememberEntry(ino, entry);
+    return ['.', '..', ...entries.map((e) => e.name)];
+  }
+
+  private async createNode(path: string, type: FileType, perm: number, caller: Caller, extra: { rdev?: number; target?: string } = {}): Promise<Attr> {
+    this.writable();
+    const { parentPath, name } = parentAndName(path);
+    const parent = await this.resolve(parentPath);
+    const attr = await this.meta.create(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
+    this.attrs.delete(parent);
+    this.rememberEntry(parent, { name, ino: attr.ino, type });
+    return this.rememberAttr(attr);
+  }
+
+  async mkdir(path: string, mode: number, caller: Caller): Promise<void> {
+    await this.createNode(path, 'dir', mode, caller);
+  }
+
+  async mknod(path: string, mode: number, rdev: number, caller: Caller): Promise<void> {
+    const type = typeOfMode(mode) ?? 'file';
+    if (type === 'dir' || type === 'symlink') throw new FsError('EINVAL');
+    await this.createNode(path, type, mode, caller, { rdev });
+  }
+
+  async symlink(target: string, path: string, caller: Caller): Promise<void> {
+    if (Buffer.byteLength(target) >= PATH_MAX) throw new FsError('ENAMETOOLONG');
+    await this.createNode(path, 'symlink', 0o777, caller, { target });
+  }
+
+  async readlink(path: string): Promise<string> {
+    return this.meta.readlink(await this.resolve(path));
+  }
+
+  async rmdir(path: string): Promise<void> {
+    this.writable();
+    const { parentPath, name } = parentAndName(path);
+    if (name === '.') throw new FsError('EINVAL');
+    const parent = await this.resolve(parentPath);
+    this.forgetEntry(parent, name);
+    await this.meta.rmdir(parent, name);
+    this.attrs.delete(parent);
+  }
+
+  async unlink(path: string): Promise<void> {
+    this.writable();
+    const { parentPath, name } = parentAndName(path);
+    const parent = await this.resolve(parentPath);
+    this.forgetEntry(parent, name);
+    const unlinked = await this.meta.unlink(parent, name);
+    this.attrs.delete(parent);
+    this.afterUnlink(unlinked);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    this.writable();
+    const src = parentAndName(from);
+    const dst = parentAndName(to);
+    const srcParent = await this.resolve(src.parentPath);
+    const dstParent = await this.resolve(dst.parentPath);
+    this.forgetEntry(srcParent, src.name);
+    this.forgetEntry(dstParent, dst.name);
+    const moved = await this.lookup(srcParent, src.name).catch(() => undefined);
+    const replaced = await this.meta.rename(srcParent, src.name, dstParent, dst.name);
+    this.forgetEntry(srcParent, src.name);
+    this.forgetEntry(dstParent, dst.name);
+    this.attrs.delete(srcParent);
+    this.attrs.delete(dstParent);
+    if (moved) this.attrs.delete(moved.ino);
+    if (replaced) this.afterUnlink(replaced);
+  }
+
+  async link(from: string, to: string): Promise<void> {
+    this.writable();
+    const ino = await this.resolve(from);
+    const { parentPath, name } = parentAndName(to);
+    const parent = await this.resolve(parentPath);
+    const attr = await this.meta.link(ino, parent, name);
+    this.rememberAttr(attr);
+    this.attrs.delete(parent);
+    this.rememberEntry(parent, { name, ino, type: attr.type });
+  }
+
+  /** After a name is gone: reclaim the inode now, or after its last handle on this mount closes. */
+  private afterUnlink({ attr, orphaned }: Unlinked): void {
+    this.attrs.delete(attr.ino);
+    if (!orphaned) return;
+    const file = this.files.get(attr.ino);
+    if (file) file.orphaned = true;
+    else this.reclaim(attr.ino);
+  }
+
+  private reclaim(ino: number): void {
+    const work = this.meta
+      .destroy(ino, async (ids) => this.deleteBlocks(ids))
+      .catch(() => undefined) // left as an orphan key for fsck/gc to finish
+      .finally(() => this.background.delete(work));
+    this.background.add(work);
+  }
+
+  private deleteBlocks(ids: number[]): void {
+    this.store.delete(ids.map(String)).catch(() => undefined);
+  }
+
+  // ---- files -------------------------------------------------------------------------------
+
+  private async openInode(ino: number, flags: number): Promise<number> {
+    // Close-to-open: every open re-reads the committed attributes.
+    this.attrs.delete(ino);
+    const attr = await this.attrOf(ino);
+    if (attr.type === 'dir') throw new FsError('EISDIR');
+    const accessMode = flags & O_ACCMODE;
+    if ((accessMode === O_WRONLY || accessMode === O_RDWR || flags & O_TRUNC) && this.options.readOnly) throw new FsError('EROFS');
+    let file = this.files.get(ino);
+    if (!file) {
+      file = new OpenFile(ino, attr, this.meta, this.store, this.cache, { commitThreshold: this.options.commitThreshold });
+      this.files.set(ino, file);
+    } else {
+      file.revalidate(attr);
+    }
+    file.handles += 1;
+    const fh = this.nextHandle++;
+    if (this.nextHandle > 0x7fffffff) this.nextHandle = 1;
+    this.handles.set(fh, { ino, flags, file });
+    return fh;
+  }
+
+  async open(path: string, flags: number): Promise<number> {
+    return this.openInode(await this.resolve(path), flags);
+  }
+
+  async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
+    const attr = await this.createNode(path, 'file', mode, caller);
+    return this.openInode(attr.ino, flags);
+  }
+
+  private handle(fh: number): Handle {
+    const handle = this.handles.get(fh);
+    if (!handle) throw new FsError('EBADF');
+    return handle;
+  }
+
+  async read(fh: number, length: number, position: number): Promise<Buffer> {
+    return this.handle(fh).file.read(position, length);
+  }
+
+  async write(fh: number, data: Buffer, position: number): Promise<number> {
+    this.writable();
+    const handle = this.handle(fh);
+    if ((handle.flags & O_ACCMODE) === 0) throw new FsError('EBADF');
+    return handle.file.write(position, data);
+  }
+
+  /** close(2) of a descriptor: commit, so the next open anywhere sees the data (close-to-open). */
+  async flush(fh: number): Promise<void> {
+    const handle = this.handles.get(fh);
+    if (handle) await handle.file.flush();
+  }
+
+  async fsync(fh: number): Promise<void> {
+    await this.handle(fh).file.flush();
+  }
+
+  async release(fh: number): Promise<void> {
+    const handle = this.handles.get(fh);
+    if (!handle) return;
+    this.handles.delete(fh);
+    const file = handle.file;
+    file.handles -= 1;
+    try {
+      await file.flush();
+    } finally {
+      if (file.handles === 0 && !file.hasPendingWrites) {
+        this.files.delete(handle.ino);
+        if (file.orphaned) this.reclaim(handle.ino);
+      }
+    }
+  }
+
+  // ---- extended attributes -------------------------------------------------------------------
+
+  private checkXattrName(name: string): void {
+    if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE');
+    // No POSIX ACLs here: say so, as filesystems without ACL support do.
+    if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP');
+  }
+
+  async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    this.writable();
+    this.checkXattrName(name);
+    if (value.length > XATTR_SIZE_MAX) throw new FsError('E2BIG');
+    const ino = await this.resolve(path);
+    await this.meta.setXattr(ino, name, Buffer.from(value), flags);
+    this.attrs.delete(ino);
+  }
+
+  async getxattr(path: string, name: string): Promise<Buffer> {
+    const ino = await this.resolve(path);
+    if (name.startsWith('system.')) throw new FsError('ENODATA');
+    return this.meta.getXattr(ino, name);
+  }
+
+  async listxattr(path: string): Promise<string[]> {
+    return this.meta.listXattrs(await this.resolve(path));
+  }
+
+  async removexattr(path: string, name: string): Promise<void> {
+    this.writable();
+    this.checkXattrName(name);
+    const ino = await this.resolve(path);
+    await this.meta.removeXattr(ino, name);
+    this.attrs.delete(ino);
+  }
+
+  // ---- whole filesystem ----------------------------------------------------------------------
+
+  async statfs(): Promise<StatFs> {
+    // The backends do not report a capacity; advertise a large one (1 PiB) so tools do not refuse.
+    // Counts are 32-bit in the binding, hence 1 MiB units.
+    const blockSize = 1 << 20;
+    const blocks = 2 ** 30;
+    return { blockSize, blocks, blocksFree: blocks, files: 2 ** 32 - 1, filesFree: 2 ** 32 - 1, nameMax: NAME_MAX };
+  }
+
+  /** Commits every open file's pending writes (shutdown, sync). */
+  async flushAll(): Promise<void> {
+    await Promise.all([...this.files.values()].map((f) => f.flush()));
+  }
+
+  /** Flushes, then waits for background reclaims. */
+  async close(): Promise<void> {
+    await this.flushAll();
+    await Promise.all([...this.background]);
+  }
+}
