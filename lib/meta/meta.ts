@@ -394,10 +394,13 @@ export class Meta {
       const now = nowNs();
 
       if (moved.type === 'dir' && srcParent !== dstParent) {
-        // The kernel checks this on one mount; re-check here against what is committed.
-        for (let ino = dstParent; ino !== ROOT_INO; ) {
+        // The kernel checks this on one mount; re-check against what is committed. The walk reads
+        // outside the transaction: comparing every ancestor would put deep trees over etcd's
+        // per-transaction limit, and the directories' own keys are compared already.
+        for (let ino = dstParent; ino !== ROOT_INO && ino !== 0; ) {
           if (ino === src.ino) throw new FsError('EINVAL', 'cannot move a directory into itself');
-          ino = (await this.attrIn(tx, ino)).parent || ROOT_INO;
+          const value = await this.kv.get(keys.attr(ino));
+          ino = value ? decodeAttr(ino, value).parent : 0;
         }
       }
 
