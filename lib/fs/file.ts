@@ -161,7 +161,8 @@ export class OpenFile {
       const blockStart = index * bs;
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + bs);
-      const readahead = sequential ? [index + 1, index + 2] : [];
+      const lastBlock = Math.ceil(this.size / bs) - 1;
+      const readahead = sequential ? [index + 1, index + 2].filter((i) => i <= lastBlock) : [];
       pieces.push(
         this.blockContent(index, readahead).then((data) => {
           if (data) data.copy(out, from - position, from - blockStart, Math.min(to - blockStart, data.length));

@@ -309,10 +309,11 @@ export class Filesystem {
 
   // ---- files -------------------------------------------------------------------------------
 
-  private async openInode(ino: number, flags: number): Promise<number> {
+  /** Opens a handle. `fresh` is an attribute just read or written by this call's own transaction. */
+  private async openInode(ino: number, flags: number, fresh?: Attr): Promise<number> {
     // Close-to-open: every open re-reads the committed attributes.
     this.attrs.delete(ino);
-    const attr = await this.attrOf(ino);
+    const attr = fresh ? this.rememberAttr(fresh) : await this.attrOf(ino);
     if (attr.type === 'dir') throw new FsError('EISDIR');
     const accessMode = flags & O_ACCMODE;
     if ((accessMode === O_WRONLY || accessMode === O_RDWR || flags & O_TRUNC) && this.options.readOnly) throw new FsError('EROFS');
@@ -336,7 +337,7 @@ export class Filesystem {
 
   async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
     const attr = await this.createNode(path, 'file', mode, caller);
-    return this.openInode(attr.ino, flags);
+    return this.openInode(attr.ino, flags, attr);
   }
 
   private handle(fh: number): Handle {
