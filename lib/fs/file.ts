@@ -65,6 +65,8 @@ class Lock {
 export interface OpenFileOptions {
   /** Dirty bytes of one file that start a commit in the background (default 64 MiB). */
   commitThreshold: number;
+  /** Called with the committed attributes after every commit (to refresh attribute caches). */
+  onCommit(attr: Attr): void;
 }
 
 export class OpenFile {
@@ -237,6 +239,7 @@ export class OpenFile {
         await Promise.all(list.map(([, block], k) => this.store.put(String(ids[k]), block.data())));
         const writes = list.map(([index, block], k) => ({ index, ref: { id: ids[k], len: block.len } }));
         const { attr, replaced } = await this.meta.commitBlocks(this.ino, writes, size, mtime);
+        this.options.onCommit(attr);
         for (const { index, ref } of writes) {
           const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
           if (map) map.set(index % CHUNK_BLOCKS, ref);

@@ -319,7 +319,10 @@ export class Filesystem {
     if ((accessMode === O_WRONLY || accessMode === O_RDWR || flags & O_TRUNC) && this.options.readOnly) throw new FsError('EROFS');
     let file = this.files.get(ino);
     if (!file) {
-      file = new OpenFile(ino, attr, this.meta, this.store, this.cache, { commitThreshold: this.options.commitThreshold });
+      file = new OpenFile(ino, attr, this.meta, this.store, this.cache, {
+        commitThreshold: this.options.commitThreshold,
+        onCommit: (committed) => this.rememberAttr(committed),
+      });
       this.files.set(ino, file);
     } else {
       file.revalidate(attr);
