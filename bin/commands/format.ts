@@ -1,8 +1,9 @@
 import { UsageError } from '../../lib/errors';
 import { formatVolume } from '../../lib/fs/volume';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
+import { defaultMetaUrl } from '../home';
 
-export const help = `Usage: kvfs format --meta URL --data URL [options]
+export const help = `Usage: kvfs format [--meta URL --data URL] [options]
 
 Creates a volume: its settings (data URL, block size, uuid, format version,
 creation time) and an empty root directory are stored under the volume's own
@@ -11,9 +12,13 @@ Redis. Refuses to replace an existing volume unless --force.
 
 Options:
   --meta URL          where the volume's metadata lives:
-                      etcd://HOST:PORT[,HOST:PORT...]/VOLUME
+                      etcd://HOST:PORT[,HOST:PORT...]/VOLUME, or embedded (one
+                      host, no servers) file:///ABSOLUTE/DIR/VOLUME.
+                      Default: the embedded volume $KVFS_HOME/volumes/default
+                      ($KVFS_HOME defaults to ~/.kvfs)
   --data URL          where its blocks live: redis://[USER:PASSWORD@]HOST:PORT[/DB]
-                      (a password is used, never stored)
+                      (a password is used, never stored). Needed for etcd;
+                      embedded volumes keep blocks in their own directory
   --block-size SIZE   size of a data block, 64K to 4M (default 1M)
   --force             replace an existing volume of that name (its files are
                       lost; run 'kvfs gc' later to free its blocks)
@@ -32,10 +37,8 @@ const OPTIONS = {
 export async function formatCommand(argv: string[]): Promise<number> {
   const { values } = parse('format', argv, OPTIONS, { min: 0, max: 0, names: '' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta);
+  const metaUrl = str(values.meta) ?? defaultMetaUrl();
   const dataUrl = str(values.data);
-  if (!metaUrl) throw new UsageError('kvfs format needs --meta URL (e.g. etcd://127.0.0.1:2379/myvol)');
-  if (!dataUrl) throw new UsageError('kvfs format needs --data URL (e.g. redis://127.0.0.1:6379)');
   const blockSize = parseSize(str(values['block-size']) ?? '1M', '--block-size');
   if (blockSize < 64 * 1024 || blockSize > 4 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
     throw new UsageError(`--block-size must be a power of two from 64K to 4M, not ${formatSize(blockSize)}`);

@@ -6,17 +6,19 @@ import { Filesystem } from '../../lib/fs/fs';
 import { openVolume } from '../../lib/fs/volume';
 import { checkMountpoint, mount } from '../../lib/fuse/mount';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
-import { kvfsHome, removePid, writePid } from '../home';
+import { defaultMetaUrl, kvfsHome, removePid, writePid } from '../home';
 
-export const help = `Usage: kvfs mount --meta URL MOUNTPOINT [options]
+export const help = `Usage: kvfs mount [--meta URL] MOUNTPOINT [options]
 
-Mounts a volume made by 'kvfs format'. Runs in the foreground, prints one line
+Mounts a volume made by 'kvfs format'. Without --meta it mounts the embedded
+default volume $KVFS_HOME/volumes/default, creating it on first use. Runs in the foreground, prints one line
 when the mount is ready, and stays until the filesystem is unmounted (umount,
 fusermount3 -u, kvfs umount) or it gets SIGINT/SIGTERM; then it commits what it
 holds, unmounts and exits 0.
 
 Options:
-  --meta URL            the volume: etcd://HOST:PORT[,HOST:PORT...]/VOLUME
+  --meta URL            the volume: etcd://HOST:PORT[,HOST:PORT...]/VOLUME or
+                        file:///ABSOLUTE/DIR/VOLUME (embedded, one daemon at a time)
   --data URL            where blocks live, overriding the URL recorded by format
                         (another host may reach Redis at another address):
                         redis://[USER:PASSWORD@]HOST:PORT[/DB]
@@ -89,8 +91,7 @@ async function startInBackground(argv: string[], mountpoint: string, logFile: st
 export async function mountCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse('mount', argv, OPTIONS, { min: 1, max: 1, names: 'a MOUNTPOINT' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta);
-  if (!metaUrl) throw new UsageError('kvfs mount needs --meta URL (the volume, e.g. etcd://127.0.0.1:2379/myvol)');
+  const metaGiven = str(values.meta);
   const attrCache = parseSeconds(str(values['attr-cache']) ?? '1', '--attr-cache');
   const entryCache = parseSeconds(str(values['entry-cache']) ?? '1', '--entry-cache');
   const kernelCache = parseSeconds(str(values['kernel-cache']) ?? '0', '--kernel-cache');
@@ -102,7 +103,20 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const mountpoint = checkMountpoint(positionals[0]);
   if (values.background) return startInBackground(argv, mountpoint, str(values.log));
 
-  const volume = await openVolume(metaUrl, { dataUrl: str(values.data), timeoutMs: backendTimeout * 1000 });
+  const metaUrl = metaGiven ?? defaultMetaUrl();
+  const volume = await openVolume(metaUrl, {
+    dataUrl: str(values.data),
+    timeoutMs: backendTimeout * 1000,
+    // Zero set-up: the default embedded volume is created on first mount.
+    createIfMissing: metaGiven
+      ? undefined
+      : {
+          blockSize: 1024 * 1024,
+          uid: process.getuid?.() ?? 0,
+          gid: process.getgid?.() ?? 0,
+          onCreate: (s) => console.log(`kvfs: created the default volume '${s.name}' in ${metaUrl.replace(/^file:\/\//, '')}`),
+        },
+  });
   const fs = new Filesystem(volume.meta, volume.store, {
     attrCacheMs: attrCache * 1000,
     entryCacheMs: entryCache * 1000,

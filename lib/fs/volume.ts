@@ -2,9 +2,11 @@
 // the settings point to.
 
 import { randomUUID } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import { FsError, UsageError } from '../errors';
 import { openBlockStore } from '../data/index';
 import type { BlockStore } from '../data/store';
-import { openKv } from '../meta/index';
+import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta } from '../meta/meta';
 import { FORMAT_VERSION, VolumeSettings } from '../meta/schema';
 
@@ -22,6 +24,31 @@ export interface OpenOptions {
   dataUrl?: string;
   /** Bound on every backend request, ms. */
   timeoutMs: number;
+  /** Format the volume first if it does not exist (the zero-set-up embedded default). */
+  createIfMissing?: { blockSize: number; uid: number; gid: number; onCreate(settings: VolumeSettings): void };
+}
+
+/** The embedded block store lives beside the embedded metadata, in the volume's directory. */
+function embeddedDataUrl(metaUrl: string): string | undefined {
+  const parsed = parseMetaUrl(metaUrl);
+  return parsed.scheme === 'file' ? pathToFileURL(parsed.dir).href : undefined;
+}
+
+/** Where a volume's blocks are: the override, else beside embedded metadata, else as recorded. */
+function dataUrlFor(metaUrl: string, settings: VolumeSettings, override: string | undefined): string {
+  if (override) return override;
+  if (settings.dataUrl.startsWith('file:')) return embeddedDataUrl(metaUrl) ?? settings.dataUrl;
+  return settings.dataUrl;
+}
+
+/** An embedded volume is held by one process at a time: say so plainly. */
+function explainBusy(err: unknown, describe: string): unknown {
+  if (err instanceof FsError && err.code === 'EBUSY') {
+    return new UsageError(
+      `volume ${describe} is in use by another kvfs process (an embedded volume serves one daemon; use etcd and Redis to share a volume between mounts)`,
+    );
+  }
+  return err;
 }
 
 /** The data URL with any password removed: what gets stored in the volume settings. */
@@ -34,11 +61,23 @@ async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefi
 }
 
 export async function openVolume(metaUrl: string, options: OpenOptions): Promise<Volume> {
-  const { kv, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs });
+  const { kv, volume, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
+    throw explainBusy(err, parseMetaUrl(metaUrl).describe);
+  });
   let store: BlockStore | undefined;
   try {
+    const create = options.createIfMissing;
+    if (create && !(await Meta.loadSettings(kv, describe))) {
+      const settings = newSettings(volume, options.dataUrl ?? embeddedDataUrl(metaUrl) ?? '', create.blockSize);
+      await Meta.format(kv, settings, { uid: create.uid, gid: create.gid }, false);
+      create.onCreate(settings);
+    }
     const meta = await Meta.open(kv, describe);
-    store = await openBlockStore(options.dataUrl ?? meta.settings.dataUrl, meta.settings.uuid, { timeoutMs: options.timeoutMs });
+    store = await openBlockStore(dataUrlFor(metaUrl, meta.settings, options.dataUrl), meta.settings.uuid, { timeoutMs: options.timeoutMs }).catch(
+      (err) => {
+        throw explainBusy(err, describe);
+      },
+    );
     const opened = store;
     return {
       meta,
@@ -53,8 +92,20 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
   }
 }
 
+function newSettings(name: string, dataUrl: string, blockSize: number): VolumeSettings {
+  return {
+    name,
+    uuid: randomUUID(),
+    dataUrl: redactUrl(dataUrl),
+    blockSize,
+    formatVersion: FORMAT_VERSION,
+    createdAt: new Date().toISOString(),
+  };
+}
+
 export interface FormatOptions {
-  dataUrl: string;
+  /** Where blocks go; default (embedded metadata only): beside the metadata. */
+  dataUrl?: string;
   blockSize: number;
   force: boolean;
   timeoutMs: number;
@@ -64,21 +115,19 @@ export interface FormatOptions {
 }
 
 export async function formatVolume(metaUrl: string, options: FormatOptions): Promise<VolumeSettings> {
-  const { kv, volume } = await openKv(metaUrl, { timeoutMs: options.timeoutMs });
-  const uuid = randomUUID();
+  const dataUrl = options.dataUrl ?? embeddedDataUrl(metaUrl);
+  if (!dataUrl) throw new UsageError('kvfs format needs --data URL for an etcd volume (e.g. redis://127.0.0.1:6379)');
+  const { kv, volume, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
+    throw explainBusy(err, parseMetaUrl(metaUrl).describe);
+  });
+  const settings = newSettings(volume, dataUrl, options.blockSize);
   let store: BlockStore | undefined;
   try {
     // Make sure the data store answers before anything is written.
-    store = await openBlockStore(options.dataUrl, uuid, { timeoutMs: options.timeoutMs });
+    store = await openBlockStore(dataUrl, settings.uuid, { timeoutMs: options.timeoutMs }).catch((err) => {
+      throw explainBusy(err, describe);
+    });
     await store.get('0');
-    const settings: VolumeSettings = {
-      name: volume,
-      uuid,
-      dataUrl: redactUrl(options.dataUrl),
-      blockSize: options.blockSize,
-      formatVersion: FORMAT_VERSION,
-      createdAt: new Date().toISOString(),
-    };
     await Meta.format(kv, settings, { uid: options.uid, gid: options.gid }, options.force);
     return settings;
   } finally {
