@@ -39,9 +39,9 @@ export class BlockCache {
     if (!this.lru.has(id)) this.get(store, id).catch(() => undefined);
   }
 
-  /** Adds a block this mount just stored (copied, so the writer's larger buffer can be freed). */
-  add(id: number, data: Buffer): void {
-    this.lru.set(id, Buffer.from(data));
+  /** Adds a block this mount just stored; `copy` when it is a view into a much larger buffer. */
+  add(id: number, data: Buffer, copy: boolean): void {
+    this.lru.set(id, copy ? Buffer.from(data) : data);
   }
 
   remove(id: number): void {

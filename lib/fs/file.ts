@@ -19,8 +19,10 @@ class DirtyBlock {
   /** Bytes of the block that hold file data; past this the block reads as zeros. */
   len: number;
 
+  /** `capacity`: bytes to allocate now; small files start small, streams get a whole block. */
   constructor(base: Buffer, capacity: number) {
-    this.buf = Buffer.alloc(Math.max(base.length, capacity));
+    // Unzeroed memory is fine: bytes past `len` are never read, and gaps are zeroed in write().
+    this.buf = Buffer.allocUnsafe(Math.max(base.length, capacity));
     base.copy(this.buf);
     this.len = base.length;
   }
@@ -28,8 +30,8 @@ class DirtyBlock {
   write(offset: number, data: Buffer, blockSize: number): void {
     const end = offset + data.length;
     if (end > this.buf.length) {
-      // Grow geometrically so sequential writes copy each byte O(1) times on average.
-      const grown = Buffer.alloc(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
+      // Grow geometrically so appends copy each byte O(1) times on average.
+      const grown = Buffer.allocUnsafe(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
       this.buf.copy(grown, 0, 0, this.len);
       this.buf = grown;
     }
@@ -41,6 +43,11 @@ class DirtyBlock {
   /** The block's valid bytes (a view; the block must not be written after it is committed). */
   data(): Buffer {
     return this.buf.subarray(0, this.len);
+  }
+
+  /** True when the buffer holds little beyond the valid bytes (worth keeping as it is). */
+  get compact(): boolean {
+    return this.buf.length - this.len <= 64 * 1024;
   }
 
   copy(capacity: number): DirtyBlock {
@@ -181,6 +188,7 @@ export class OpenFile {
     return this.committedBlock(index, readahead);
   }
 
+  /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
   async write(position: number, data: Buffer): Promise<number> {
     await this.writeLock.run(async () => {
       const bs = this.blockSize;
@@ -193,9 +201,11 @@ export class OpenFile {
         let block = this.dirty.get(index);
         if (!block) {
           const whole = inBlock === 0 && n === bs;
+          // Files past their first block are being streamed: take a whole block at once.
+          const capacity = index > 0 || inBlock + n >= 128 * 1024 ? bs : inBlock + n;
           const inFlight = this.committing?.get(index);
-          if (inFlight) block = inFlight.copy(inBlock + n);
-          else block = new DirtyBlock(whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0)), inBlock + n);
+          if (inFlight) block = inFlight.copy(capacity);
+          else block = new DirtyBlock(whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0)), capacity);
           // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
           const validInBlock = Math.max(0, this.size - index * bs);
           if (block.len > validInBlock) block.len = validInBlock;
@@ -243,7 +253,8 @@ export class OpenFile {
         for (const { index, ref } of writes) {
           const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
           if (map) map.set(index % CHUNK_BLOCKS, ref);
-          this.cache.add(ref.id, blocks.get(index)!.data());
+          const block = blocks.get(index)!;
+          this.cache.add(ref.id, block.data(), !block.compact);
         }
         if (this.dirty.size === 0) this.size = attr.size;
         else this.size = Math.max(this.size, attr.size);

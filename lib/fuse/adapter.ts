@@ -176,8 +176,8 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
         },
       ),
     write: (_path, fh, buf, len, pos, cb) =>
-      // The buffer belongs to the kernel request: copy before the callback returns it.
-      answer('write', () => fs.write(fh, Buffer.from(buf.subarray(0, len)), pos), (code, n) => cb(code < 0 ? code : n ?? 0)),
+      // The buffer belongs to the kernel request until cb: fs.write copies it before resolving.
+      answer('write', () => fs.write(fh, buf.subarray(0, len), pos), (code, n) => cb(code < 0 ? code : n ?? 0)),
     flush: (_path, fh, cb) => answer('flush', () => fs.flush(fh), done(cb)),
     fsync: (_path, _datasync, fh, cb) => answer('fsync', () => fs.fsync(fh), done(cb)),
     release: (_path, fh, cb) => answer('release', () => fs.release(fh), done(cb)),
