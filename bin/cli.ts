@@ -3,12 +3,14 @@
 import { UsageError } from '../lib/errors';
 import { formatCommand, help as formatHelp } from './commands/format';
 import { mountCommand, help as mountHelp } from './commands/mount';
+import { statusCommand, help as statusHelp } from './commands/status';
 import { umountCommand, help as umountHelp } from './commands/umount';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string; summary: string }> = {
   format: { run: formatCommand, help: formatHelp, summary: 'create a volume (metadata in etcd, blocks in Redis)' },
   mount: { run: mountCommand, help: mountHelp, summary: 'mount a volume (foreground; -d for background)' },
   umount: { run: umountCommand, help: umountHelp, summary: 'unmount and wait for the daemon to finish' },
+  status: { run: statusCommand, help: statusHelp, summary: "show a volume's settings, usage and mounts" },
 };
 
 function usage(): string {
@@ -16,7 +18,8 @@ function usage(): string {
   return `Usage: kvfs COMMAND [options]
 
 kvfs is a FUSE filesystem that keeps inodes and directory entries in etcd and
-file data blocks in Redis.
+file data blocks in Redis, or both in an embedded store ($KVFS_HOME, default
+~/.kvfs) when no --meta is given.
 
 Commands:
 ${lines.join('\n')}

@@ -3,10 +3,11 @@ import { mkdirSync, openSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { UsageError } from '../../lib/errors';
 import { Filesystem } from '../../lib/fs/fs';
-import { openVolume } from '../../lib/fs/volume';
+import { openVolume, volumeStatus } from '../../lib/fs/volume';
 import { checkMountpoint, mount } from '../../lib/fuse/mount';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
-import { defaultMetaUrl, kvfsHome, removePid, writePid } from '../home';
+import { defaultMetaUrl, kvfsHome, removeRunRecord, socketPath, writeRunRecord } from '../home';
+import { serveControl } from '../control';
 
 export const help = `Usage: kvfs mount [--meta URL] MOUNTPOINT [options]
 
@@ -142,7 +143,11 @@ export async function mountCommand(argv: string[]): Promise<number> {
     await volume.close();
     throw err;
   }
-  writePid(mountpoint);
+  const socket = socketPath(mountpoint);
+  await serveControl(socket, { '/status': () => volumeStatus(volume) }).catch((err) =>
+    console.error(`kvfs: no control socket (${(err as Error).message}); kvfs status cannot ask this daemon`),
+  );
+  writeRunRecord({ pid: process.pid, mountpoint, volume: volume.describe, socket });
   const ready = `kvfs: mounted ${volume.describe} (block size ${formatSize(volume.settings.blockSize)}) at ${mountpoint}`;
   console.log(ready);
   if (process.send) {
@@ -176,6 +181,6 @@ export async function mountCommand(argv: string[]): Promise<number> {
     code = 1;
   }
   await volume.close().catch(() => undefined);
-  removePid(mountpoint);
+  removeRunRecord(mountpoint);
   return code;
 }

@@ -2,7 +2,7 @@ import { UsageError } from '../../lib/errors';
 import { mountAt, unmountPath } from '../../lib/fuse/mount';
 import { resolve } from 'node:path';
 import { parse } from '../args';
-import { readPid } from '../home';
+import { processAlive, runRecordFor } from '../home';
 
 export const help = `Usage: kvfs umount MOUNTPOINT
 
@@ -13,15 +13,6 @@ or detach it anyway with: umount -l MOUNTPOINT
 Options:
   -h, --help   show this help`;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export async function umountCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse('umount', argv, {}, { min: 1, max: 1, names: 'a MOUNTPOINT' });
   if (values.help) return console.log(help), 0;
@@ -29,12 +20,12 @@ export async function umountCommand(argv: string[]): Promise<number> {
   const mounted = mountAt(mountpoint);
   if (!mounted) throw new UsageError(`${mountpoint} is not mounted`);
   if (mounted.fstype !== 'fuse.kvfs') throw new UsageError(`${mountpoint} is not a kvfs mount (it is ${mounted.fstype})`);
-  const pid = readPid(mountpoint);
+  const pid = runRecordFor(mountpoint)?.pid;
   await unmountPath(mountpoint);
   if (pid !== undefined && pid !== process.pid) {
     const deadline = Date.now() + 60_000;
-    while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    if (alive(pid)) throw new UsageError(`unmounted ${mountpoint}, but its daemon (pid ${pid}) is still running after 60 s`);
+    while (processAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    if (processAlive(pid)) throw new UsageError(`unmounted ${mountpoint}, but its daemon (pid ${pid}) is still running after 60 s`);
   }
   return 0;
 }

@@ -7,7 +7,7 @@ import { FsError, UsageError } from '../errors';
 import { openBlockStore } from '../data/index';
 import type { BlockStore } from '../data/store';
 import { openKv, parseMetaUrl } from '../meta/index';
-import { Meta } from '../meta/meta';
+import { Meta, VolumeSummary } from '../meta/meta';
 import { FORMAT_VERSION, VolumeSettings } from '../meta/schema';
 
 export interface Volume {
@@ -16,6 +16,8 @@ export interface Volume {
   settings: VolumeSettings;
   /** The metadata URL without credentials, for messages. */
   describe: string;
+  /** Where the blocks are (may hold credentials: redact before showing). */
+  dataUrl: string;
   close(): Promise<void>;
 }
 
@@ -73,7 +75,8 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
       create.onCreate(settings);
     }
     const meta = await Meta.open(kv, describe);
-    store = await openBlockStore(dataUrlFor(metaUrl, meta.settings, options.dataUrl), meta.settings.uuid, { timeoutMs: options.timeoutMs }).catch(
+    const dataUrl = dataUrlFor(metaUrl, meta.settings, options.dataUrl);
+    store = await openBlockStore(dataUrl, meta.settings.uuid, { timeoutMs: options.timeoutMs }).catch(
       (err) => {
         throw explainBusy(err, describe);
       },
@@ -84,6 +87,7 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
       store: opened,
       settings: meta.settings,
       describe,
+      dataUrl,
       close: () => closeQuietly(kv, opened),
     };
   } catch (err) {
@@ -133,4 +137,23 @@ export async function formatVolume(metaUrl: string, options: FormatOptions): Pro
   } finally {
     await closeQuietly(kv, store);
   }
+}
+
+export interface VolumeStatus {
+  settings: VolumeSettings;
+  /** Metadata URL without credentials, and the engine behind it. */
+  meta: { url: string; engine: string };
+  data: { url: string; engine: string; blocks: number; bytes: number };
+  usage: VolumeSummary;
+}
+
+/** Everything `kvfs status` shows about a volume (reads all of its metadata). */
+export async function volumeStatus(volume: Volume): Promise<VolumeStatus> {
+  const [usage, stored] = await Promise.all([volume.meta.summary(), volume.store.usage()]);
+  return {
+    settings: volume.settings,
+    meta: { url: volume.describe, engine: volume.meta.kv.kind },
+    data: { url: redactUrl(volume.dataUrl), engine: volume.store.kind, ...stored },
+    usage,
+  };
 }

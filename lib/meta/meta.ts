@@ -70,6 +70,18 @@ export interface Unlinked {
   orphaned: boolean;
 }
 
+export interface VolumeSummary {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  /** FIFOs, sockets, device nodes. */
+  others: number;
+  /** Bytes of data referenced by block maps. */
+  bytes: number;
+  /** Inodes without a name whose data is not reclaimed yet. */
+  orphans: number;
+}
+
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
 
@@ -474,6 +486,28 @@ export class Meta {
       if (result.ids.length) await onBlocks(result.ids);
       if (result.done) return;
     }
+  }
+
+  /** Counts inodes by type and sums the bytes their block maps reference (reads all metadata). */
+  async summary(): Promise<VolumeSummary> {
+    const summary: VolumeSummary = { files: 0, dirs: 0, symlinks: 0, others: 0, bytes: 0, orphans: 0 };
+    let startAfter: string | undefined;
+    for (;;) {
+      const batch = await this.kv.scan('A', { startAfter, limit: 1000 });
+      for (const { key, value } of batch) {
+        if (!key.endsWith('I') || key.length !== 18) continue;
+        const attr = decodeAttr(parseInt(key.slice(1, 17), 16), value);
+        if (attr.type === 'file') summary.files++;
+        else if (attr.type === 'dir') summary.dirs++;
+        else if (attr.type === 'symlink') summary.symlinks++;
+        else summary.others++;
+        summary.bytes += attr.used;
+      }
+      if (batch.length < 1000) break;
+      startAfter = batch[batch.length - 1].key;
+    }
+    summary.orphans = (await this.listOrphans()).length;
+    return summary;
   }
 
   async listOrphans(): Promise<number[]> {

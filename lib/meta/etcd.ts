@@ -1,0 +1,520 @@
+// KvEngine on etcd v3 (through the `etcd3` client), confined to one key namespace.
+//
+// Transactions are optimistic, as JuiceFS's tkv_etcd.go and etcd3's stm(): every read of a txn
+// is served at the revision of the txn's first read (a consistent snapshot), get() records the
+// key's mod_revision (0 when absent), writes are buffered, and commit is one etcd Txn
+//   if (every key read with get() still has the mod_revision we saw) then (all puts/deletes)
+// retried from scratch with a small jittered backoff when the comparison fails.
+//
+// Limits the filesystem layer must respect:
+// - one commit holds at most `maxTxnOps` keys read with get() (each becomes a compare) AND at
+//   most `maxTxnOps` keys written (etcd's --max-txn-ops, default 128, limits compares and
+//   operations separately, not their sum), and roughly `maxRequestBytes` of keys and values
+//   (etcd's --max-request-bytes, default 1.5 MiB). Exceeding either fails with FsError E2BIG
+//   before anything is sent; it is not retryable, and a txn is never split.
+// - after `maxAttempts` conflicting attempts the txn fails with FsError EAGAIN (retryable).
+// - every request is bounded by `timeoutMs` -> FsError ETIMEDOUT (retryable). A timed-out commit
+//   may or may not have been applied; it is not retried automatically.
+// All etcd/gRPC failures are translated to FsError in one function, etcdError().
+import { AsyncLocalStorage } from 'node:async_hooks';
+import {
+  ClientClosedError,
+  CompareResult,
+  CompareTarget,
+  Etcd3,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  isRecoverableError,
+  type IKeyValue,
+  type IOptions,
+  type IRangeResponse,
+  type IRequestOp,
+  type Namespace,
+  type Watcher,
+} from 'etcd3';
+import { FsError, type ErrnoName } from '../errors';
+import type { KvChange, KvEngine, KvPair, KvTxn, ScanOptions } from './kv';
+
+export interface EtcdKvOptions {
+  /** etcd client endpoints, e.g. ['http://127.0.0.1:2379']. At least one. */
+  hosts: string[];
+  /**
+   * Key prefix of this engine's namespace (e.g. 'kvfs/VOLUME/'). Every key this engine reads or
+   * writes is stored under it; keys outside are never touched. Must not be empty.
+   */
+  prefix: string;
+  /** etcd user name and password, when etcd has auth enabled. */
+  auth?: { username: string; password: string };
+  /** Time limit in ms for each etcd request (and for setting up a watch). Default 10000. */
+  timeoutMs?: number;
+  /** How many times txn() runs a conflicting function before failing with EAGAIN. Default 50. */
+  maxAttempts?: number;
+  /**
+   * Most keys read with get() (compares), and separately most keys written (operations), in one
+   * commit. Default 128, etcd's --max-txn-ops default.
+   */
+  maxTxnOps?: number;
+  /** Most bytes of keys + values in one commit. Default 1.5 MiB - 64 KiB, under etcd's default. */
+  maxRequestBytes?: number;
+  /**
+   * Where failures that have no caller go (a watch cancelled by etcd and re-established, a
+   * throwing watch callback). Default: process.emitWarning.
+   */
+  onBackgroundError?: (err: Error) => void;
+}
+
+const DEFAULTS = {
+  timeoutMs: 10_000,
+  maxAttempts: 50,
+  maxTxnOps: 128,
+  maxRequestBytes: 1.5 * 1024 * 1024 - 64 * 1024,
+};
+
+/** Per-entry overhead added to key+value bytes when estimating a commit's request size. */
+const OP_OVERHEAD_BYTES = 32;
+
+type FaultPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
+
+/** No circuit breaker, no retry: each call goes once to one host. */
+function passThroughPolicy(): FaultPolicy {
+  const signal = new AbortController().signal;
+  return { execute: async (fn: (ctx: { signal: AbortSignal }) => unknown) => fn({ signal }) } as unknown as FaultPolicy;
+}
+
+/**
+ * Sends a call to the next host while the previous one refused it (UNAVAILABLE: connection
+ * refused, reset, DNS failure), at most once per host. Anything else is final: a timeout has used
+ * up the request's time, and a commit that timed out must not be sent twice.
+ */
+function failoverPolicy(hostCount: number): FaultPolicy {
+  const signal = new AbortController().signal;
+  return {
+    execute: async (fn: (ctx: { signal: AbortSignal }) => unknown) => {
+      for (let i = 1; ; i++) {
+        try {
+          return await fn({ signal });
+        } catch (err) {
+          if (i >= hostCount || !(err instanceof GRPCUnavailableError)) throw err;
+        }
+      }
+    },
+  } as unknown as FaultPolicy;
+}
+
+/** The one place where etcd / gRPC / client failures become FsError. */
+export function etcdError(err: unknown, what: string): FsError {
+  if (err instanceof FsError) return err;
+  const e = err instanceof Error ? err : new Error(String(err));
+  const msg = e.message;
+  const make = (code: ErrnoName, text: string, retryable = false): FsError =>
+    new FsError(code, `${what}: ${text}`, { cause: e, retryable });
+  if (e instanceof GRPCDeadlineExceededError || /deadline exceeded/i.test(msg)) {
+    return make('ETIMEDOUT', 'etcd did not answer in time', true);
+  }
+  if (e instanceof ClientClosedError) return make('EIO', 'etcd client is closed');
+  if (msg.includes('etcdserver: request timed out')) return make('ETIMEDOUT', 'etcd could not commit in time', true);
+  if (msg.includes('etcdserver: too many requests')) return make('EIO', 'etcd is overloaded', true);
+  if (msg.includes('too many operations in txn request')) return make('E2BIG', 'too many operations for one etcd txn');
+  if (msg.includes('request is too large') || /larger than max/i.test(msg)) {
+    return make('E2BIG', 'request too large for etcd');
+  }
+  if (msg.includes('database space exceeded')) return make('ENOSPC', 'etcd database space exceeded (quota)');
+  if (msg.includes('required revision has been compacted') || msg.includes('future rev')) {
+    return make('EAGAIN', msg, true);
+  }
+  if (/permission denied|authentication failed|invalid auth token|user name is empty|not capable/i.test(msg)) {
+    return make('EACCES', msg);
+  }
+  if (
+    e instanceof GRPCUnavailableError ||
+    /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|No connection established|UNAVAILABLE|leader changed|no leader|timed out|Connection dropped|Cancelled|CANCELLED/i.test(msg)
+  ) {
+    return make('EIO', `etcd unavailable: ${msg}`, true);
+  }
+  if (isRecoverableError(e)) return make('EIO', msg, true);
+  return make('EIO', msg);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new FsError('ETIMEDOUT', `${what}: etcd did not answer within ${ms} ms`, { retryable: true })), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+const utf8 = (s: string): Buffer => Buffer.from(s, 'utf8');
+const compareKeys = (a: string, b: string): number => Buffer.compare(utf8(a), utf8(b));
+
+/** The [start, end) byte range of a prefix scan, or undefined when it is empty. */
+function scanRange(prefix: string, startAfter: string | undefined): { start: Buffer; end: Buffer } | undefined {
+  const p = utf8(prefix);
+  let start = p;
+  if (startAfter !== undefined) {
+    const after = Buffer.concat([utf8(startAfter), Buffer.from([0])]);
+    if (Buffer.compare(after, start) > 0) start = after;
+  }
+  // End of the prefix: increment its last byte below 0xff. An empty prefix (or one of only 0xff
+  // bytes) ends at the end of the namespace, which etcd3's namespace spells as the key "\0".
+  let end = Buffer.from([0]);
+  for (let i = p.length - 1; i >= 0; i--) {
+    if (p[i] < 0xff) {
+      end = Buffer.from(p.subarray(0, i + 1));
+      end[i]++;
+      break;
+    }
+  }
+  if (!(end.length === 1 && end[0] === 0) && Buffer.compare(start, end) >= 0) return undefined;
+  return { start, end };
+}
+
+function inScan(key: string, prefix: string, startAfter: string | undefined): boolean {
+  return key.startsWith(prefix) && (startAfter === undefined || compareKeys(key, startAfter) > 0);
+}
+
+function checkLimit(options: ScanOptions | undefined): number | undefined {
+  const limit = options?.limit;
+  if (limit === undefined) return undefined;
+  if (!Number.isInteger(limit) || limit < 0) throw new FsError('EINVAL', `scan limit must be a non-negative integer, got ${limit}`);
+  return limit;
+}
+
+/** Keys per range request when scanning: keeps every response far below gRPC's message limit. */
+const SCAN_PAGE = 1000;
+
+/**
+ * Reads [range.start, range.end) page by page (up to `limit` pairs). fetch reads one page; the
+ * caller makes every page read at the same revision, so the pages form one snapshot.
+ */
+async function pagedScan(
+  range: { start: Buffer; end: Buffer },
+  limit: number | undefined,
+  fetch: (page: { start: Buffer; end: Buffer }, n: number) => Promise<IRangeResponse>,
+): Promise<KvPair[]> {
+  const out: KvPair[] = [];
+  let start = range.start;
+  for (;;) {
+    const n = limit === undefined ? SCAN_PAGE : Math.min(SCAN_PAGE, limit - out.length);
+    const res = await fetch({ start, end: range.end }, n);
+    for (const kv of res.kvs) out.push({ key: kv.key.toString('utf8'), value: kv.value });
+    if (!res.more || res.kvs.length === 0 || (limit !== undefined && out.length >= limit)) return out;
+    start = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+  }
+}
+
+/** Internal signal: the snapshot revision of this attempt is gone; run the function again. */
+class RetryTxn extends Error {}
+
+class EtcdTxn implements KvTxn {
+  /** Keys read with get(): value seen and mod_revision ('0' when absent). */
+  readonly reads = new Map<string, { value: Buffer | undefined; modRevision: string }>();
+  /** Buffered writes in order of first write; undefined value = delete. */
+  readonly writes = new Map<string, Buffer | undefined>();
+  finished = false;
+  /** Set when the snapshot became unreadable (compacted); the attempt must be retried. */
+  doomed = false;
+  private revision: string | undefined;
+  private firstRead: Promise<unknown> | undefined;
+
+  constructor(private readonly kv: EtcdKv) {}
+
+  private checkOpen(): void {
+    if (this.finished) throw new FsError('EINVAL', 'transaction used after it finished (missing await?)');
+  }
+
+  /** Runs a range request at this txn's snapshot revision (the first read fixes it). */
+  private async range(build: (rev: string | undefined) => Promise<IRangeResponse>): Promise<IRangeResponse> {
+    if (this.revision === undefined && this.firstRead) await this.firstRead.catch(() => undefined);
+    try {
+      if (this.revision === undefined) {
+        const p = build(undefined);
+        this.firstRead = p;
+        const res = await p;
+        this.revision ??= res.header.revision;
+        return res;
+      }
+      return await build(this.revision);
+    } catch (err) {
+      const fe = etcdError(err, 'etcd txn read');
+      if (fe.code === 'EAGAIN') {
+        this.doomed = true;
+        throw new RetryTxn(fe.message);
+      }
+      throw fe;
+    }
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    this.checkOpen();
+    if (this.writes.has(key)) return this.writes.get(key);
+    const seen = this.reads.get(key);
+    if (seen) return seen.value;
+    const res = await this.range((rev) => this.kv.request('get', (ns, opts) => {
+      const b = ns.get(key).options(opts);
+      if (rev !== undefined) b.revision(rev);
+      return b.exec();
+    }));
+    const kv = res.kvs[0];
+    const entry = { value: kv ? kv.value : undefined, modRevision: kv ? kv.mod_revision : '0' };
+    if (!this.reads.has(key)) this.reads.set(key, entry);
+    if (this.writes.has(key)) return this.writes.get(key);
+    return this.reads.get(key)!.value;
+  }
+
+  async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
+    this.checkOpen();
+    const limit = checkLimit(options);
+    const startAfter = options?.startAfter;
+    const mine = [...this.writes].filter(([k]) => inScan(k, prefix, startAfter));
+    const deletes = mine.filter(([, v]) => v === undefined).length;
+    const range = scanRange(prefix, startAfter);
+    let base: KvPair[] = [];
+    if (range && limit !== 0) {
+      // Ask for enough base pairs that, after our own deletes drop some, `limit` remain.
+      const want = limit === undefined ? undefined : limit + deletes;
+      base = await pagedScan(range, want, (page, n) =>
+        this.range((rev) => this.kv.request('scan', (ns, opts) => {
+          const b = ns.getAll().inRange(page).limit(n).options(opts);
+          if (rev !== undefined) b.revision(rev);
+          return b.exec();
+        })),
+      );
+    }
+    if (mine.length === 0) return limit === undefined ? base : base.slice(0, limit);
+    const merged = new Map<string, Buffer>();
+    for (const p of base) merged.set(p.key, p.value);
+    for (const [k, v] of mine) {
+      if (v === undefined) merged.delete(k);
+      else merged.set(k, v);
+    }
+    const out = [...merged].map(([key, value]) => ({ key, value })).sort((a, b) => compareKeys(a.key, b.key));
+    return limit === undefined ? out : out.slice(0, limit);
+  }
+
+  put(key: string, value: Buffer): void {
+    this.checkOpen();
+    if (!Buffer.isBuffer(value)) throw new FsError('EINVAL', `value for ${JSON.stringify(key)} is not a Buffer`);
+    this.writes.set(key, value);
+  }
+
+  delete(key: string): void {
+    this.checkOpen();
+    this.writes.set(key, undefined);
+  }
+}
+
+export class EtcdKv implements KvEngine {
+  readonly kind = 'etcd';
+  readonly prefix: string;
+  private readonly client: Etcd3;
+  private readonly ns: Namespace;
+  private readonly prefixBuf: Buffer;
+  private readonly timeoutMs: number;
+  private readonly maxAttempts: number;
+  private readonly maxTxnOps: number;
+  private readonly maxRequestBytes: number;
+  private readonly onBackgroundError: (err: Error) => void;
+  private readonly inTxn = new AsyncLocalStorage<EtcdKv>();
+  private readonly watchers = new Set<() => Promise<void>>();
+  private closed = false;
+
+  constructor(options: EtcdKvOptions) {
+    if (!options.hosts || options.hosts.length === 0) throw new TypeError('EtcdKv: at least one host is required');
+    if (!options.prefix) throw new TypeError('EtcdKv: a non-empty key prefix is required');
+    const positive = (name: keyof typeof DEFAULTS): number => {
+      const v = options[name] ?? DEFAULTS[name];
+      if (!Number.isFinite(v) || v <= 0) throw new TypeError(`EtcdKv: ${name} must be a positive number, got ${v}`);
+      return v;
+    };
+    this.timeoutMs = positive('timeoutMs');
+    this.maxAttempts = Math.floor(positive('maxAttempts'));
+    this.maxTxnOps = Math.floor(positive('maxTxnOps'));
+    this.maxRequestBytes = positive('maxRequestBytes');
+    this.onBackgroundError = options.onBackgroundError ?? ((err) => process.emitWarning(err));
+    this.prefix = options.prefix;
+    this.prefixBuf = utf8(options.prefix);
+    const timeoutMs = this.timeoutMs;
+    this.client = new Etcd3({
+      hosts: options.hosts,
+      auth: options.auth,
+      // gRPC's default 4 MiB limit on received messages is too small for big watch batches.
+      grpcOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 },
+      // Each unary call (token requests included) carries a gRPC deadline; streams (watch) do not.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+      // etcd3's defaults retry 3 times and open a 5 s circuit breaker per host, which turns one
+      // slow request into 30+ s and keeps failing after the server is back. We bound every
+      // request ourselves and only fail over between hosts on a refused connection.
+      faultHandling: { host: () => passThroughPolicy(), global: failoverPolicy(options.hosts.length) },
+    });
+    this.ns = this.client.namespace(this.prefixBuf);
+  }
+
+  /**
+   * Runs one etcd request with the time bound and error translation. Exposed for EtcdTxn only.
+   * @internal
+   */
+  async request<T>(what: string, fn: (ns: Namespace, opts: { deadline: number }) => Promise<T>): Promise<T> {
+    if (this.closed) throw new FsError('EIO', `etcd ${what}: engine is closed`);
+    try {
+      return await withTimeout(fn(this.ns, { deadline: Date.now() + this.timeoutMs }), this.timeoutMs, `etcd ${what}`);
+    } catch (err) {
+      throw etcdError(err, `etcd ${what}`);
+    }
+  }
+
+  /** One cheap linearizable read: resolves when etcd answers, else rejects with FsError. */
+  async ping(): Promise<void> {
+    await this.request('ping', (ns, opts) => ns.get('\0ping').options(opts).exec());
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    const res = await this.request('get', (ns, opts) => ns.get(key).options(opts).exec());
+    return res.kvs[0]?.value;
+  }
+
+  async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
+    const limit = checkLimit(options);
+    const range = scanRange(prefix, options?.startAfter);
+    if (!range || limit === 0) return [];
+    let rev: string | undefined;
+    return pagedScan(range, limit, async (page, n) => {
+      const res = await this.request('scan', (ns, opts) => {
+        const b = ns.getAll().inRange(page).limit(n).options(opts);
+        if (rev !== undefined) b.revision(rev);
+        return b.exec();
+      });
+      rev ??= res.header.revision;
+      return res;
+    });
+  }
+
+  async txn<T>(fn: (tx: KvTxn) => Promise<T>): Promise<T> {
+    if (this.inTxn.getStore() === this) {
+      throw new FsError('EDEADLK', 'kv.txn() called inside a transaction function of the same engine');
+    }
+    for (let attempt = 1; ; attempt++) {
+      const tx = new EtcdTxn(this);
+      let result: T;
+      try {
+        result = await this.inTxn.run(this, () => fn(tx));
+      } catch (err) {
+        tx.finished = true;
+        if (!tx.doomed) throw err;
+        await this.backoff(attempt, err);
+        continue;
+      }
+      tx.finished = true;
+      if (tx.doomed) {
+        await this.backoff(attempt, undefined);
+        continue;
+      }
+      if (tx.writes.size === 0) return result;
+      if (await this.commit(tx)) return result;
+      await this.backoff(attempt, undefined);
+    }
+  }
+
+  private async backoff(attempt: number, cause: unknown): Promise<void> {
+    if (attempt >= this.maxAttempts) {
+      throw new FsError('EAGAIN', `etcd txn: still conflicting after ${attempt} attempts`, { retryable: true, cause });
+    }
+    // Jittered, growing with the attempt number: 0..1 ms, 0..4 ms, ... capped at 0..100 ms.
+    await sleep(Math.random() * Math.min(100, attempt * attempt));
+  }
+
+  /** true = committed, false = a key read with get() changed since (conflict). */
+  private async commit(tx: EtcdTxn): Promise<boolean> {
+    // etcd checks max(compares, then-ops, else-ops) <= --max-txn-ops, not their sum
+    // (etcdserver/api/v3rpc/key.go checkTxnRequest; verified against etcd 3.4).
+    if (tx.reads.size > this.maxTxnOps || tx.writes.size > this.maxTxnOps) {
+      throw new FsError(
+        'E2BIG',
+        `etcd txn: ${tx.reads.size} keys read and ${tx.writes.size} keys written; etcd allows at most ${this.maxTxnOps} of each in one txn`,
+      );
+    }
+    let bytes = 0;
+    for (const k of tx.reads.keys()) bytes += this.prefixBuf.length + Buffer.byteLength(k) + OP_OVERHEAD_BYTES;
+    for (const [k, v] of tx.writes) bytes += this.prefixBuf.length + Buffer.byteLength(k) + (v?.length ?? 0) + OP_OVERHEAD_BYTES;
+    if (bytes > this.maxRequestBytes) {
+      throw new FsError('E2BIG', `etcd txn: about ${bytes} bytes, more than the ${this.maxRequestBytes} allowed in one request`);
+    }
+    const full = (k: string): Buffer => Buffer.concat([this.prefixBuf, utf8(k)]);
+    const compare = [...tx.reads].map(([k, r]) => ({
+      key: full(k),
+      target: CompareTarget.Mod,
+      result: CompareResult.Equal,
+      mod_revision: r.modRevision,
+    }));
+    const success: IRequestOp[] = [...tx.writes].map(([k, v]) =>
+      v === undefined ? { request_delete_range: { key: full(k) } } : { request_put: { key: full(k), value: v } },
+    );
+    const res = await this.request('commit', (ns, opts) => ns.kv.txn({ compare, success, failure: [] }, opts));
+    return res.succeeded;
+  }
+
+  async watch(prefix: string, onChange: (change: KvChange) => void): Promise<() => Promise<void>> {
+    if (this.closed) throw new FsError('EIO', 'etcd watch: engine is closed');
+    let current: Watcher | undefined;
+    let stopped = false;
+    const deliver = (change: KvChange): void => {
+      if (stopped) return;
+      try {
+        onChange(change);
+      } catch (err) {
+        this.onBackgroundError(err instanceof Error ? err : new Error(String(err)));
+      }
+    };
+    const start = async (): Promise<Watcher> => {
+      const w = this.ns.watch().prefix(prefix).watcher();
+      w.on('put', (kv) => deliver({ key: kv.key.toString('utf8'), value: kv.value }));
+      w.on('delete', (kv) => deliver({ key: kv.key.toString('utf8'), value: undefined }));
+      const connected = new Promise<void>((resolve, reject) => {
+        w.once('connected', () => resolve());
+        w.once('error', reject);
+      });
+      try {
+        await withTimeout(connected, this.timeoutMs, 'etcd watch');
+      } catch (err) {
+        void w.cancel().catch(() => undefined);
+        throw etcdError(err, 'etcd watch');
+      }
+      // After connecting, an error means etcd cancelled the watch (e.g. its revision was
+      // compacted away while disconnected): changes may have been missed. Report and re-watch.
+      w.on('error', (err) => {
+        if (stopped) return;
+        this.onBackgroundError(new Error(`etcd watch on ${JSON.stringify(prefix)} was cancelled (${err.message}); re-watching, changes may have been missed`));
+        void w.cancel().catch(() => undefined);
+        const retry = (): void => {
+          if (stopped || this.closed) return;
+          start().then((nw) => {
+            if (stopped) void nw.cancel().catch(() => undefined);
+            else current = nw;
+          }, () => setTimeout(retry, 1000));
+        };
+        retry();
+      });
+      return w;
+    };
+    current = await start();
+    const unwatch = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      this.watchers.delete(unwatch);
+      const w = current;
+      if (w) await withTimeout(w.cancel(), this.timeoutMs, 'etcd unwatch').catch(() => undefined);
+    };
+    this.watchers.add(unwatch);
+    return unwatch;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await Promise.all([...this.watchers].map((u) => u()));
+    this.closed = true;
+    this.client.close();
+  }
+}

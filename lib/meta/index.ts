@@ -1,0 +1,203 @@
+// Metadata engines by URL scheme (as JuiceFS's meta.NewClient(uri)):
+//   etcd://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/VOLUME   keys under 'kvfs/VOLUME/'
+//   file:///ABSOLUTE/DIR/VOLUME                                  embedded SQLite in that dir
+// Backends are loaded on first use, so etcd users never load the SQLite binding and vice versa.
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FsError, UsageError } from '../errors';
+import type { KvEngine } from './kv';
+
+export const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const DEFAULT_ETCD_PORT = 2379;
+
+export type MetaUrl =
+  | {
+      scheme: 'etcd';
+      /** 'http://HOST:PORT' for each endpoint. */
+      hosts: string[];
+      volume: string;
+      /** Namespace of the volume's keys: 'kvfs/VOLUME/'. */
+      prefix: string;
+      auth?: { username: string; password: string };
+      /** The URL without credentials. */
+      describe: string;
+    }
+  | {
+      scheme: 'file';
+      /** Absolute directory holding the volume's files; its last component is the volume. */
+      dir: string;
+      volume: string;
+      describe: string;
+    };
+
+export interface OpenKvOptions {
+  /** Per-request time limit in ms (etcd), longest wait for the txn queue (embedded). Default 10000. */
+  timeoutMs?: number;
+  /** etcd: attempts of a conflicting txn before EAGAIN. Default 50. */
+  maxAttempts?: number;
+  /** etcd: contact the server once before returning, so a bad address fails here. Default true. */
+  check?: boolean;
+  /** Where failures without a caller go (watch problems). Default process.emitWarning. */
+  onBackgroundError?: (err: Error) => void;
+}
+
+export interface OpenedKv {
+  kv: KvEngine;
+  volume: string;
+  /** The URL without credentials, for messages and status. */
+  describe: string;
+}
+
+interface Backend {
+  /** What the URL looks like, for messages. */
+  form: string;
+  parse(url: string): MetaUrl;
+  open(parsed: MetaUrl, options: OpenKvOptions): Promise<KvEngine>;
+}
+
+const FORMS = 'etcd://HOST:PORT[,HOST:PORT...]/VOLUME or file:///ABSOLUTE/DIR/VOLUME';
+
+function bad(url: string, what: string, form = FORMS): UsageError {
+  return new UsageError(`invalid metadata URL ${JSON.stringify(redact(url))}: ${what}; expected ${form}`);
+}
+
+/** The URL with any password replaced, for messages. */
+function redact(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)([^@/]*)@/i, (_, scheme: string, cred: string) => `${scheme}${cred.split(':')[0]}:***@`);
+}
+
+function checkVolume(url: string, volume: string, form: string): string {
+  if (!VOLUME_NAME.test(volume)) {
+    throw bad(url, `volume name ${JSON.stringify(volume)} must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit`, form);
+  }
+  return volume;
+}
+
+function decode(url: string, s: string, form: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw bad(url, 'bad percent-encoding in the user name or password', form);
+  }
+}
+
+const etcdBackend: Backend = {
+  form: 'etcd://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/VOLUME',
+  parse(url) {
+    const form = this.form;
+    const m = /^etcd:\/\/(?:([^@/]*)@)?([^/@?#]*)(\/[^?#]*)?([?#].*)?$/i.exec(url);
+    if (!m) throw bad(url, 'not an etcd URL', form);
+    const [, cred, hostList, pathPart, rest] = m;
+    if (rest) throw bad(url, 'query strings and fragments are not supported', form);
+    if (!hostList) throw bad(url, 'no host', form);
+    const hosts: string[] = [];
+    const shown: string[] = [];
+    for (const h of hostList.split(',')) {
+      const hm = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?$/.exec(h);
+      if (!hm) throw bad(url, `bad host ${JSON.stringify(h)}`, form);
+      const port = hm[2] === undefined ? DEFAULT_ETCD_PORT : Number(hm[2]);
+      if (port < 1 || port > 65535) throw bad(url, `bad port in ${JSON.stringify(h)}`, form);
+      hosts.push(`http://${hm[1]}:${port}`);
+      shown.push(`${hm[1]}:${port}`);
+    }
+    const segments = (pathPart ?? '').split('/').filter((s) => s !== '');
+    if (segments.length !== 1) throw bad(url, segments.length === 0 ? 'no volume name' : 'the path must be just /VOLUME', form);
+    const volume = checkVolume(url, segments[0], form);
+    let auth: { username: string; password: string } | undefined;
+    if (cred !== undefined) {
+      const i = cred.indexOf(':');
+      if (i <= 0) throw bad(url, 'credentials must be USER:PASSWORD', form);
+      auth = { username: decode(url, cred.slice(0, i), form), password: decode(url, cred.slice(i + 1), form) };
+    }
+    return { scheme: 'etcd', hosts, volume, prefix: `kvfs/${volume}/`, auth, describe: `etcd://${shown.join(',')}/${volume}` };
+  },
+  async open(parsed, options) {
+    if (parsed.scheme !== 'etcd') throw new TypeError('not an etcd URL');
+    const { EtcdKv } = await import('./etcd');
+    const kv = new EtcdKv({
+      hosts: parsed.hosts,
+      prefix: parsed.prefix,
+      auth: parsed.auth,
+      timeoutMs: options.timeoutMs,
+      maxAttempts: options.maxAttempts,
+      onBackgroundError: options.onBackgroundError,
+    });
+    if (options.check ?? true) {
+      try {
+        await kv.ping();
+      } catch (err) {
+        await kv.close().catch(() => undefined);
+        throw new UsageError(`cannot reach etcd at ${parsed.hosts.map((h) => h.replace(/^http:\/\//, '')).join(',')}: ${reason(err)}`);
+      }
+    }
+    return kv;
+  },
+};
+
+/** A short human reason for a failed first contact. */
+function reason(err: unknown): string {
+  const text = `${err instanceof Error ? err.message : String(err)} ${String((err as { cause?: unknown })?.cause ?? '')}`;
+  if (err instanceof FsError && err.code === 'ETIMEDOUT') return `${err.message}; is the address right and the server running?`;
+  if (err instanceof FsError && err.code === 'EACCES') return `access denied (${err.message}); check USER:PASSWORD in the URL`;
+  if (/ECONNREFUSED|connection refused/i.test(text)) return 'connection refused; is etcd running?';
+  if (/ENOTFOUND|EAI_AGAIN|Name resolution/i.test(text)) return 'unknown host name';
+  if (/UNIMPLEMENTED|HTTP status code|Protocol error/i.test(text)) return 'the server there is not an etcd v3 (gRPC) endpoint';
+  const cause = (err as { cause?: unknown })?.cause;
+  if (cause instanceof Error) return cause.message;
+  return err instanceof Error ? err.message : String(err);
+}
+
+const fileBackend: Backend = {
+  form: 'file:///ABSOLUTE/DIR/VOLUME',
+  parse(url) {
+    const form = this.form;
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw bad(url, 'not a URL', form);
+    }
+    if (u.host !== '' && u.host !== 'localhost') throw bad(url, `file URLs must be local (file:///...), not on host ${JSON.stringify(u.host)}`, form);
+    if (u.search || u.hash) throw bad(url, 'query strings and fragments are not supported', form);
+    let dir: string;
+    try {
+      dir = fileURLToPath(u);
+    } catch (err) {
+      throw bad(url, (err as Error).message, form);
+    }
+    dir = path.resolve(dir);
+    if (dir === path.parse(dir).root) throw bad(url, 'the path must end in the volume directory', form);
+    const volume = checkVolume(url, path.basename(dir), form);
+    return { scheme: 'file', dir, volume, describe: `file://${dir}` };
+  },
+  async open(parsed, options) {
+    if (parsed.scheme !== 'file') throw new TypeError('not a file URL');
+    const { SqliteKv } = await import('./sqlite');
+    return new SqliteKv({ dir: parsed.dir, timeoutMs: options.timeoutMs, onBackgroundError: options.onBackgroundError });
+  },
+};
+
+const backends = new Map<string, Backend>([
+  ['etcd:', etcdBackend],
+  ['file:', fileBackend],
+]);
+
+/** Parses and checks a metadata URL; UsageError with a one-line reason when it is wrong. */
+export function parseMetaUrl(url: string): MetaUrl {
+  if (typeof url !== 'string' || url.trim() === '') throw bad(String(url), 'empty');
+  const scheme = /^([a-z][a-z0-9+.-]*:)/i.exec(url)?.[1].toLowerCase();
+  const backend = scheme && backends.get(scheme);
+  if (!backend) throw bad(url, scheme ? `unknown scheme ${JSON.stringify(scheme.slice(0, -1))}` : 'no scheme');
+  return backend.parse(url);
+}
+
+/**
+ * Opens the metadata engine a URL names. UsageError for a bad URL or an unreachable etcd;
+ * FsError EBUSY when an embedded volume is open in another process.
+ */
+export async function openKv(url: string, options: OpenKvOptions = {}): Promise<OpenedKv> {
+  const parsed = parseMetaUrl(url);
+  const backend = backends.get(`${parsed.scheme}:`)!;
+  const kv = await backend.open(parsed, options);
+  return { kv, volume: parsed.volume, describe: parsed.describe };
+}
