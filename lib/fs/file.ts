@@ -174,7 +174,8 @@ export class OpenFile {
       const readahead = sequential ? [index + 1, index + 2].filter((i) => i <= lastBlock) : [];
       pieces.push(
         this.blockContent(index, readahead).then((data) => {
-          if (data) data.copy(out, from - position, from - blockStart, Math.min(to - blockStart, data.length));
+          // A block shorter than the range (a tail cut by truncate, then extended) reads as zeros past its end.
+          if (data && data.length > from - blockStart) data.copy(out, from - position, from - blockStart, Math.min(to - blockStart, data.length));
         }),
       );
     }

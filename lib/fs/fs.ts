@@ -5,7 +5,7 @@
 import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
-import { Attr, Entry, FileType, ROOT_INO, typeOfMode } from '../meta/schema';
+import { Attr, Entry, FileType, ROOT_INO, nowNs, typeOfMode } from '../meta/schema';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
 
@@ -55,7 +55,11 @@ interface Handle {
   ino: number;
   flags: number;
   file: OpenFile;
+  /** Whether this handle's first read has looked at the access time yet (relatime). */
+  atimeChecked: boolean;
 }
+
+const DAY_NS = 86_400n * 1_000_000_000n;
 
 function splitPath(path: string): string[] {
   return path.split('/').filter((c) => c.length > 0);
@@ -330,7 +334,7 @@ export class Filesystem {
     file.handles += 1;
     const fh = this.nextHandle++;
     if (this.nextHandle > 0x7fffffff) this.nextHandle = 1;
-    this.handles.set(fh, { ino, flags, file });
+    this.handles.set(fh, { ino, flags, file, atimeChecked: false });
     return fh;
   }
 
@@ -350,7 +354,28 @@ export class Filesystem {
   }
 
   async read(fh: number, length: number, position: number): Promise<Buffer> {
-    return this.handle(fh).file.read(position, length);
+    const handle = this.handle(fh);
+    if (!handle.atimeChecked) await this.touchAtime(handle);
+    return handle.file.read(position, length);
+  }
+
+  /**
+   * relatime, as Linux does for local filesystems: a read updates the access time when it is not
+   * newer than the last change or is more than a day old; checked once per open handle, so a
+   * stream costs at most one transaction.
+   */
+  private async touchAtime(handle: Handle): Promise<void> {
+    handle.atimeChecked = true;
+    if (this.options.readOnly) return;
+    try {
+      const attr = await this.attrOf(handle.ino);
+      const now = nowNs();
+      if (attr.atime <= attr.mtime || attr.atime <= attr.ctime || now - attr.atime > DAY_NS) {
+        this.rememberAttr(await this.meta.setAtime(handle.ino, now));
+      }
+    } catch {
+      // An access time is not worth failing a read for.
+    }
   }
 
   async write(fh: number, data: Buffer, position: number): Promise<number> {

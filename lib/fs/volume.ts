@@ -127,6 +127,10 @@ export async function formatVolume(metaUrl: string, options: FormatOptions): Pro
   const settings = newSettings(volume, dataUrl, options.blockSize);
   let store: BlockStore | undefined;
   try {
+    // Replacing a volume keeps its uuid: its old blocks stay in the same store, unreferenced,
+    // for `kvfs gc` (and an embedded block store only accepts the volume it belongs to).
+    const existing = options.force ? await Meta.loadSettings(kv, describe) : undefined;
+    if (existing) settings.uuid = existing.uuid;
     // Make sure the data store answers before anything is written.
     store = await openBlockStore(dataUrl, settings.uuid, { timeoutMs: options.timeoutMs }).catch((err) => {
       throw explainBusy(err, describe);

@@ -143,6 +143,12 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+function cancelQuietly(w: Watcher): void {
+  Promise.resolve()
+    .then(() => w.cancel())
+    .catch(() => undefined);
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -470,6 +476,7 @@ export class EtcdKv implements KvEngine {
     };
     const start = async (): Promise<Watcher> => {
       const w = this.ns.watch().prefix(prefix).watcher();
+      w.on('error', () => undefined); // never an unhandled 'error' event, whatever the phase
       w.on('put', (kv) => deliver({ key: kv.key.toString('utf8'), value: kv.value }));
       w.on('delete', (kv) => deliver({ key: kv.key.toString('utf8'), value: undefined }));
       const connected = new Promise<void>((resolve, reject) => {
@@ -479,7 +486,7 @@ export class EtcdKv implements KvEngine {
       try {
         await withTimeout(connected, this.timeoutMs, 'etcd watch');
       } catch (err) {
-        void w.cancel().catch(() => undefined);
+        cancelQuietly(w);
         throw etcdError(err, 'etcd watch');
       }
       // After connecting, an error means etcd cancelled the watch (e.g. its revision was
@@ -487,11 +494,11 @@ export class EtcdKv implements KvEngine {
       w.on('error', (err) => {
         if (stopped) return;
         this.onBackgroundError(new Error(`etcd watch on ${JSON.stringify(prefix)} was cancelled (${err.message}); re-watching, changes may have been missed`));
-        void w.cancel().catch(() => undefined);
+        cancelQuietly(w);
         const retry = (): void => {
           if (stopped || this.closed) return;
           start().then((nw) => {
-            if (stopped) void nw.cancel().catch(() => undefined);
+            if (stopped) cancelQuietly(nw);
             else current = nw;
           }, () => setTimeout(retry, 1000));
         };
@@ -505,7 +512,7 @@ export class EtcdKv implements KvEngine {
       stopped = true;
       this.watchers.delete(unwatch);
       const w = current;
-      if (w) await withTimeout(w.cancel(), this.timeoutMs, 'etcd unwatch').catch(() => undefined);
+      if (w) await withTimeout(Promise.resolve().then(() => w.cancel()), this.timeoutMs, 'etcd unwatch').catch(() => undefined);
     };
     this.watchers.add(unwatch);
     return unwatch;

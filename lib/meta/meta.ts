@@ -170,10 +170,14 @@ export class Meta {
    */
   static async format(kv: KvEngine, settings: VolumeSettings, root: { uid: number; gid: number }, force: boolean): Promise<void> {
     if (force) {
-      // Delete everything in the volume's namespace, in batches that fit a transaction.
+      // Delete everything in the volume's namespace, in batches that fit a transaction, except the
+      // block id counter: new blocks must never reuse the ids of the old volume's blocks (which
+      // stay in the block store until `kvfs gc`).
+      let startAfter: string | undefined;
       for (;;) {
-        const batch = await kv.scan('', { limit: 100 });
+        const batch = (await kv.scan('', { startAfter, limit: 100 })).filter(({ key }) => key !== keys.blockCounter);
         if (batch.length === 0) break;
+        startAfter = batch[batch.length - 1].key;
         await kv.txn(async (tx) => {
           for (const { key } of batch) tx.delete(key);
         });
@@ -525,6 +529,16 @@ export class Meta {
       if (changes.atime !== undefined) attr.atime = changes.atime;
       if (changes.mtime !== undefined) attr.mtime = changes.mtime;
       attr.ctime = nowNs();
+      tx.put(keys.attr(ino), encodeAttr(attr));
+      return attr;
+    });
+  }
+
+  /** Sets only the access time (reads do not change ctime). */
+  async setAtime(ino: number, atime: bigint): Promise<Attr> {
+    return this.kv.txn(async (tx) => {
+      const attr = await this.attrIn(tx, ino);
+      attr.atime = atime;
       tx.put(keys.attr(ino), encodeAttr(attr));
       return attr;
     });
