@@ -1,0 +1,3 @@
+import test from 'ava';
+import { randomSuite } from './_suites/random';
+randomSuite(test, 'etcd');
