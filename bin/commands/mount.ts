@@ -42,7 +42,18 @@ Options:
                         file may then show different link counts or times for up
                         to this long (libfuse2's path API gives each name its own
                         kernel inode).
-  --cache-size SIZE     memory for cached blocks (default 256M)
+  --cache-size SIZE     memory for cached blocks (default 256M); reads ahead of a
+                        sequential reader use up to a quarter of it
+  --writeback on|off    on (default): writes return once copied into memory and
+                        are committed on fsync, close, --flush-interval or
+                        --max-dirty; what was neither fsynced nor closed is lost if
+                        the daemon dies. off: every write is committed before it
+                        returns (slow; for comparison)
+  --flush-interval SECONDS
+                        commit data that has been dirty this long even if the
+                        file stays open (default 5)
+  --max-dirty SIZE      uncommitted data all open files may hold; writers then
+                        wait for commits (default 512M)
   --backend-timeout SECONDS
                         a backend request not answered in this time fails the
                         operation with ETIMEDOUT (default 10)
@@ -59,6 +70,9 @@ const OPTIONS = {
   'entry-cache': { type: 'string' },
   'kernel-cache': { type: 'string' },
   'cache-size': { type: 'string' },
+  writeback: { type: 'string' },
+  'flush-interval': { type: 'string' },
+  'max-dirty': { type: 'string' },
   'backend-timeout': { type: 'string' },
 } as const;
 
@@ -97,6 +111,11 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const entryCache = parseSeconds(str(values['entry-cache']) ?? '1', '--entry-cache');
   const kernelCache = parseSeconds(str(values['kernel-cache']) ?? '0', '--kernel-cache');
   const cacheBytes = parseSize(str(values['cache-size']) ?? '256M', '--cache-size');
+  const writeback = str(values.writeback) ?? 'on';
+  if (writeback !== 'on' && writeback !== 'off') throw new UsageError(`--writeback takes on or off, not '${writeback}'`);
+  const flushInterval = parseSeconds(str(values['flush-interval']) ?? '5', '--flush-interval');
+  const maxDirty = parseSize(str(values['max-dirty']) ?? '512M', '--max-dirty');
+  if (maxDirty < 1024 * 1024) throw new UsageError('--max-dirty must be at least 1M');
   const backendTimeout = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout');
   if (backendTimeout <= 0) throw new UsageError('--backend-timeout must be more than 0');
 
@@ -124,6 +143,9 @@ export async function mountCommand(argv: string[]): Promise<number> {
     readOnly: Boolean(values['read-only']),
     cacheBytes,
     commitThreshold: 64 * 1024 * 1024,
+    writeback: writeback === 'on',
+    maxDirty,
+    flushIntervalMs: flushInterval * 1000,
   });
   let mounted;
   try {

@@ -28,6 +28,8 @@ export interface OpenBlockStoreOptions {
   timeoutMs?: number;
   /** Redis: connections in the pool. Default 4. */
   connections?: number;
+  /** Embedded: create the directory and database when missing. Default true. */
+  create?: boolean;
 }
 
 const FORMS = 'redis://[USER:PASSWORD@]HOST:PORT[/DB] or file:///ABSOLUTE/DIR';
@@ -116,7 +118,7 @@ export async function openBlockStore(url: string, volumeUuid: string, options: O
     return store;
   }
   const { SqliteBlocks } = await import('./sqlite');
-  return new SqliteBlocks({ dir: parsed.dir, volumeUuid });
+  return new SqliteBlocks({ dir: parsed.dir, volumeUuid, create: options.create });
 }
 
 function reason(err: unknown): string {

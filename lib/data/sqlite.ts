@@ -20,8 +20,10 @@ import { openExclusiveSqlite, sqliteError } from '../meta/sqlite';
 import type { BlockStore } from './store';
 
 export interface SqliteBlocksOptions {
-  /** Directory holding DIR/blocks.db; created if missing. */
+  /** Directory holding DIR/blocks.db. */
   dir: string;
+  /** Create DIR and DIR/blocks.db when missing (default true); false: FsError ENOENT instead. */
+  create?: boolean;
   /** The volume these blocks belong to; recorded at first open and checked afterwards. */
   volumeUuid: string;
 }
@@ -54,7 +56,13 @@ export class SqliteBlocks implements BlockStore {
     if (!options.dir || !path.isAbsolute(options.dir)) throw new TypeError(`SqliteBlocks: dir must be an absolute path, got ${options.dir}`);
     if (!options.volumeUuid) throw new TypeError('SqliteBlocks: volumeUuid is required');
     this.file = path.join(options.dir, 'blocks.db');
-    this.db = openExclusiveSqlite(this.file, { role: 'blocks', pageSize: 65536, synchronous: 'FULL', schema: SCHEMA });
+    this.db = openExclusiveSqlite(this.file, {
+      role: 'blocks',
+      pageSize: 65536,
+      synchronous: 'FULL',
+      schema: SCHEMA,
+      create: options.create ?? true,
+    });
     try {
       const owner = this.db.prepare<[], { value: string }>("SELECT value FROM info WHERE name = 'volume_uuid'").get()?.value;
       if (owner === undefined) {

@@ -11,6 +11,7 @@ import type { BlockStore } from '../data/store';
 import type { Attr, BlockRef, ChunkMap } from '../meta/schema';
 import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
 import type { Meta } from '../meta/meta';
+import type { DirtyBudget } from './budget';
 import type { BlockCache } from './cache';
 
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
@@ -20,11 +21,21 @@ class DirtyBlock {
   len: number;
 
   /** `capacity`: bytes to allocate now; small files start small, streams get a whole block. */
-  constructor(base: Buffer, capacity: number) {
+  constructor(
+    base: Buffer,
+    capacity: number,
+    private readonly budget: DirtyBudget,
+  ) {
     // Unzeroed memory is fine: bytes past `len` are never read, and gaps are zeroed in write().
     this.buf = Buffer.allocUnsafe(Math.max(base.length, capacity));
+    budget.add(this.buf.length);
     base.copy(this.buf);
     this.len = base.length;
+  }
+
+  /** Memory held, as counted in the dirty budget. */
+  get capacity(): number {
+    return this.buf.length;
   }
 
   write(offset: number, data: Buffer, blockSize: number): void {
@@ -32,6 +43,7 @@ class DirtyBlock {
     if (end > this.buf.length) {
       // Grow geometrically so appends copy each byte O(1) times on average.
       const grown = Buffer.allocUnsafe(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
+      this.budget.add(grown.length - this.buf.length);
       this.buf.copy(grown, 0, 0, this.len);
       this.buf = grown;
     }
@@ -51,7 +63,12 @@ class DirtyBlock {
   }
 
   copy(capacity: number): DirtyBlock {
-    return new DirtyBlock(this.data(), capacity);
+    return new DirtyBlock(this.data(), capacity, this.budget);
+  }
+
+  /** The block is committed or superseded: its memory no longer counts as dirty. */
+  release(): void {
+    this.budget.release(this.buf.length);
   }
 }
 
@@ -72,6 +89,12 @@ class Lock {
 export interface OpenFileOptions {
   /** Dirty bytes of one file that start a commit in the background (default 64 MiB). */
   commitThreshold: number;
+  /** Most blocks fetched ahead of a sequential reader. */
+  maxReadahead: number;
+  /** false: every write is committed before it is acknowledged (--writeback off). */
+  writeback: boolean;
+  /** The mount-wide limit on dirty bytes. */
+  budget: DirtyBudget;
   /** Called with the committed attributes after every commit (to refresh attribute caches). */
   onCommit(attr: Attr): void;
 }
@@ -86,6 +109,8 @@ export class OpenFile {
   /** Modification time of the newest uncommitted write. */
   private pendingMtime: bigint | undefined;
   private dirty = new Map<number, DirtyBlock>();
+  /** When the oldest uncommitted write was made (ms since epoch), for --flush-interval. */
+  dirtySince = 0;
   private committing: Map<number, DirtyBlock> | undefined;
   private commitDone: Promise<void> | undefined;
   /** Committed block map, by chunk, as last read or committed by this mount. */
@@ -106,6 +131,10 @@ export class OpenFile {
 
   private get blockSize(): number {
     return this.meta.blockSize;
+  }
+
+  get hasDirty(): boolean {
+    return this.dirty.size > 0;
   }
 
   get hasPendingWrites(): boolean {
@@ -157,6 +186,8 @@ export class OpenFile {
   }
 
   private lastReadEnd = -1;
+  /** Blocks fetched ahead of a sequential reader; doubles while the reader keeps reading on. */
+  private readaheadBlocks = 0;
 
   async read(position: number, length: number): Promise<Buffer> {
     if (position >= this.size || length <= 0) return Buffer.alloc(0);
@@ -165,13 +196,15 @@ export class OpenFile {
     const bs = this.blockSize;
     const sequential = position === this.lastReadEnd;
     this.lastReadEnd = end;
+    this.readaheadBlocks = sequential ? Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2)) : 0;
     const pieces: Promise<void>[] = [];
     for (let index = Math.floor(position / bs); index * bs < end; index++) {
       const blockStart = index * bs;
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + bs);
-      const lastBlock = Math.ceil(this.size / bs) - 1;
-      const readahead = sequential ? [index + 1, index + 2].filter((i) => i <= lastBlock) : [];
+      const lastBlock = Math.min(Math.ceil(this.size / bs) - 1, index + this.readaheadBlocks);
+      const readahead: number[] = [];
+      for (let next = index + 1; next <= lastBlock; next++) readahead.push(next);
       pieces.push(
         this.blockContent(index, readahead).then((data) => {
           // A block shorter than the range (a tail cut by truncate, then extended) reads as zeros past its end.
@@ -191,6 +224,7 @@ export class OpenFile {
 
   /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
   async write(position: number, data: Buffer): Promise<number> {
+    await this.options.budget.wait();
     await this.writeLock.run(async () => {
       const bs = this.blockSize;
       let offset = 0;
@@ -206,7 +240,11 @@ export class OpenFile {
           const capacity = index > 0 || inBlock + n >= 128 * 1024 ? bs : inBlock + n;
           const inFlight = this.committing?.get(index);
           if (inFlight) block = inFlight.copy(capacity);
-          else block = new DirtyBlock(whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0)), capacity);
+          else {
+            const base = whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
+            block = new DirtyBlock(base, capacity, this.options.budget);
+          }
+          if (this.dirty.size === 0) this.dirtySince = Date.now();
           // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
           const validInBlock = Math.max(0, this.size - index * bs);
           if (block.len > validInBlock) block.len = validInBlock;
@@ -218,6 +256,10 @@ export class OpenFile {
       this.size = Math.max(this.size, position + data.length);
       this.pendingMtime = nowNs();
     });
+    if (!this.options.writeback) {
+      await this.commit();
+      return data.length;
+    }
     if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
       // Keep at most one commit in flight per file: a writer that outruns the store waits here.
       if (this.commitDone) await this.commitDone;
@@ -260,9 +302,14 @@ export class OpenFile {
         if (this.dirty.size === 0) this.size = attr.size;
         else this.size = Math.max(this.size, attr.size);
         if (replaced.length) this.releaseBlocks(replaced);
+        for (const block of blocks.values()) block.release();
       } catch (err) {
         // Keep the data: newer writes to the same blocks win, the rest go back to dirty.
-        for (const [index, block] of blocks) if (!this.dirty.has(index)) this.dirty.set(index, block);
+        if (this.dirty.size === 0 && blocks.size > 0) this.dirtySince = Date.now();
+        for (const [index, block] of blocks) {
+          if (this.dirty.has(index)) block.release();
+          else this.dirty.set(index, block);
+        }
         throw err;
       } finally {
         this.committing = undefined;

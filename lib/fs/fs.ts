@@ -6,6 +6,7 @@ import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
 import { Attr, Entry, FileType, ROOT_INO, nowNs, typeOfMode } from '../meta/schema';
+import { DirtyBudget } from './budget';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
 
@@ -20,6 +21,13 @@ export interface FsOptions {
   cacheBytes: number;
   /** Dirty bytes of one file that start a commit in the background. */
   commitThreshold: number;
+  /** Write-back (true): writes are acknowledged from memory and committed on fsync, close, the
+   * flush interval or the dirty limit. false: every write is committed before it returns. */
+  writeback: boolean;
+  /** Dirty bytes all open files may hold before writers wait for commits (--max-dirty). */
+  maxDirty: number;
+  /** Dirty data older than this is committed even if the file stays open, ms (--flush-interval). */
+  flushIntervalMs: number;
 }
 
 /** Who is asking: the calling process's credentials, from the kernel. */
@@ -87,12 +95,27 @@ export class Filesystem {
   /** Work started in the background (reclaiming orphans), awaited at shutdown. */
   private readonly background = new Set<Promise<void>>();
 
+  private readonly budget: DirtyBudget;
+  private readonly flushTimer: NodeJS.Timeout;
+
   constructor(
     readonly meta: Meta,
     readonly store: BlockStore,
     readonly options: FsOptions,
   ) {
     this.cache = new BlockCache(options.cacheBytes);
+    this.budget = new DirtyBudget(options.maxDirty, () => this.commitDirty(() => true));
+    this.flushTimer = setInterval(() => {
+      const due = Date.now() - options.flushIntervalMs;
+      // Failures put the blocks back; the next interval, flush or close retries them.
+      this.commitDirty((f) => f.dirtySince <= due).catch(() => undefined);
+    }, Math.max(100, Math.min(1000, options.flushIntervalMs / 2)));
+    this.flushTimer.unref();
+  }
+
+  /** Commits the open files that have uncommitted writes and match `which`. */
+  private async commitDirty(which: (file: OpenFile) => boolean): Promise<void> {
+    await Promise.all([...this.files.values()].filter((f) => f.hasPendingWrites && which(f)).map((f) => f.commit()));
   }
 
   // ---- caches and path resolution ---------------------------------------------------------
@@ -324,7 +347,10 @@ export class Filesystem {
     let file = this.files.get(ino);
     if (!file) {
       file = new OpenFile(ino, attr, this.meta, this.store, this.cache, {
-        commitThreshold: this.options.commitThreshold,
+        commitThreshold: Math.min(this.options.commitThreshold, Math.max(this.meta.blockSize, this.options.maxDirty / 4)),
+        maxReadahead: Math.max(1, Math.min(32, Math.floor(this.options.cacheBytes / this.meta.blockSize / 4))),
+        writeback: this.options.writeback,
+        budget: this.budget,
         onCommit: (committed) => this.rememberAttr(committed),
       });
       this.files.set(ino, file);
@@ -463,6 +489,7 @@ export class Filesystem {
 
   /** Flushes, then waits for background reclaims. */
   async close(): Promise<void> {
+    clearInterval(this.flushTimer);
     await this.flushAll();
     await Promise.all([...this.background]);
   }

@@ -108,6 +108,9 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
     `attr_timeout=${options.attrTimeout}`,
     `entry_timeout=${options.entryTimeout}`,
     'negative_timeout=0',
+    // Keep the kernel's page cache across opens while a file's size and mtime are unchanged
+    // (libfuse checks them with fgetattr after our open, which has just re-read them).
+    'auto_cache',
   ];
   if (options.readOnly) extra.push('ro');
   let fuse: FuseInstance | undefined;

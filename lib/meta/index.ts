@@ -39,6 +39,8 @@ export interface OpenKvOptions {
   check?: boolean;
   /** Where failures without a caller go (watch problems). Default process.emitWarning. */
   onBackgroundError?: (err: Error) => void;
+  /** Embedded: create the volume directory and database when missing. Default true. */
+  create?: boolean;
 }
 
 export interface OpenedKv {
@@ -173,7 +175,12 @@ const fileBackend: Backend = {
   async open(parsed, options) {
     if (parsed.scheme !== 'file') throw new TypeError('not a file URL');
     const { SqliteKv } = await import('./sqlite');
-    return new SqliteKv({ dir: parsed.dir, timeoutMs: options.timeoutMs, onBackgroundError: options.onBackgroundError });
+    return new SqliteKv({
+      dir: parsed.dir,
+      timeoutMs: options.timeoutMs,
+      onBackgroundError: options.onBackgroundError,
+      create: options.create,
+    });
   },
 };
 

@@ -30,8 +30,10 @@ import { FsError, type ErrnoName } from '../errors';
 import type { KvChange, KvEngine, KvPair, KvTxn, ScanOptions } from './kv';
 
 export interface SqliteKvOptions {
-  /** The volume's directory; created if missing. The metadata lives in DIR/meta.db. */
+  /** The volume's directory. The metadata lives in DIR/meta.db. */
   dir: string;
+  /** Create DIR and DIR/meta.db when missing (default true); false: FsError ENOENT instead. */
+  create?: boolean;
   /** Longest wait in ms for the transaction queue (a txn runs one at a time). Default 10000. */
   timeoutMs?: number;
   /** Where errors thrown by watch callbacks go. Default: process.emitWarning. */
@@ -71,6 +73,8 @@ export interface OpenSqliteOptions {
   role: string;
   /** Statements creating the schema (IF NOT EXISTS). */
   schema: string;
+  /** Create the file (and its directory) when missing. false: FsError ENOENT instead. */
+  create: boolean;
 }
 
 /**
@@ -79,6 +83,9 @@ export interface OpenSqliteOptions {
  */
 export function openExclusiveSqlite(file: string, options: OpenSqliteOptions): Database.Database {
   const what = `open ${options.role} store ${file}`;
+  if (!options.create && !fs.existsSync(file)) {
+    throw new FsError('ENOENT', `${what}: no such file (is the path right, and the volume formatted?)`);
+  }
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
   } catch (err) {
@@ -87,7 +94,7 @@ export function openExclusiveSqlite(file: string, options: OpenSqliteOptions): D
   let db: Database.Database | undefined;
   try {
     // timeout 0: a locked database fails at once instead of waiting 5 s.
-    db = new Database(file, { timeout: 0 });
+    db = new Database(file, { timeout: 0, fileMustExist: !options.create });
     db.pragma('locking_mode = EXCLUSIVE');
     if (options.pageSize) db.pragma(`page_size = ${options.pageSize}`);
     db.pragma('auto_vacuum = INCREMENTAL'); // only takes effect on a new, empty database
@@ -216,7 +223,7 @@ export class SqliteKv implements KvEngine {
     this.timeoutMs = timeoutMs;
     this.onBackgroundError = options.onBackgroundError ?? ((err) => process.emitWarning(err));
     this.file = path.join(options.dir, 'meta.db');
-    this.db = openExclusiveSqlite(this.file, { role: 'metadata', synchronous: 'FULL', schema: SCHEMA });
+    this.db = openExclusiveSqlite(this.file, { role: 'metadata', synchronous: 'FULL', schema: SCHEMA, create: options.create ?? true });
     this.stmt = {
       get: this.db.prepare('SELECT value FROM kv WHERE key = ?'),
       scan: this.db.prepare('SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?'),
@@ -251,6 +258,9 @@ export class SqliteKv implements KvEngine {
 
   /** @internal */
   writeNow(key: string, value: Buffer | undefined): void {
+    // After some errors (disk full, I/O) SQLite rolls the transaction back by itself; writing on
+    // would autocommit each statement and break atomicity.
+    if (!this.db.inTransaction) throw new FsError('EIO', 'sqlite write: the transaction was already rolled back after an error');
     try {
       if (value === undefined) this.stmt.del.run(utf8(key));
       else this.stmt.put.run(utf8(key), value);
@@ -336,6 +346,7 @@ export class SqliteKv implements KvEngine {
         if (tx.changes.size === 0 && this.db.inTransaction) this.db.exec('ROLLBACK');
       }
       if (tx.changes.size > 0) {
+        if (!this.db.inTransaction) throw new FsError('EIO', 'sqlite commit: the transaction was already rolled back after an error');
         try {
           this.db.exec('COMMIT');
         } catch (err) {
