@@ -1,6 +1,7 @@
 // The kvfs command line: one file per command in bin/commands, wired up here.
 
 import { UsageError } from '../lib/errors';
+import { benchCommand, help as benchHelp } from './commands/bench';
 import { formatCommand, help as formatHelp } from './commands/format';
 import { mountCommand, help as mountHelp } from './commands/mount';
 import { statusCommand, help as statusHelp } from './commands/status';
@@ -11,6 +12,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   mount: { run: mountCommand, help: mountHelp, summary: 'mount a volume (foreground; -d for background)' },
   umount: { run: umountCommand, help: umountHelp, summary: 'unmount and wait for the daemon to finish' },
   status: { run: statusCommand, help: statusHelp, summary: "show a volume's settings, usage and mounts" },
+  bench: { run: benchCommand, help: benchHelp, summary: 'measure kvfs against a no-op FUSE filesystem and the raw backends' },
 };
 
 function usage(): string {

@@ -4,6 +4,7 @@ import { basename, join, resolve } from 'node:path';
 import { UsageError } from '../../lib/errors';
 import { Filesystem } from '../../lib/fs/fs';
 import { openVolume, volumeStatus } from '../../lib/fs/volume';
+import { startSession } from '../../lib/fs/session';
 import { checkMountpoint, mount } from '../../lib/fuse/mount';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
 import { defaultMetaUrl, kvfsHome, removeRunRecord, socketPath, writeRunRecord } from '../home';
@@ -54,6 +55,10 @@ Options:
                         file stays open (default 5)
   --max-dirty SIZE      uncommitted data all open files may hold; writers then
                         wait for commits (default 512M)
+  --session-ttl SECONDS how long this mount stays registered after it stops
+                        answering (crash, cut off); after that other mounts reclaim
+                        files it held open, and its uncommitted writes are refused
+                        (default 20)
   --backend-timeout SECONDS
                         a backend request not answered in this time fails the
                         operation with ETIMEDOUT (default 10)
@@ -74,6 +79,7 @@ const OPTIONS = {
   'flush-interval': { type: 'string' },
   'max-dirty': { type: 'string' },
   'backend-timeout': { type: 'string' },
+  'session-ttl': { type: 'string' },
 } as const;
 
 /** -d: start this same command as a detached daemon and return when it reports the mount ready. */
@@ -116,6 +122,8 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const flushInterval = parseSeconds(str(values['flush-interval']) ?? '5', '--flush-interval');
   const maxDirty = parseSize(str(values['max-dirty']) ?? '512M', '--max-dirty');
   if (maxDirty < 1024 * 1024) throw new UsageError('--max-dirty must be at least 1M');
+  const sessionTtl = parseSeconds(str(values['session-ttl']) ?? '20', '--session-ttl');
+  if (sessionTtl < 2) throw new UsageError('--session-ttl must be at least 2 seconds');
   const backendTimeout = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout');
   if (backendTimeout <= 0) throw new UsageError('--backend-timeout must be more than 0');
 
@@ -147,8 +155,12 @@ export async function mountCommand(argv: string[]): Promise<number> {
     maxDirty,
     flushIntervalMs: flushInterval * 1000,
   });
+  // The session first: it fences every commit and must exist before the first operation arrives.
+  const version = (require('../../../package.json') as { version: string }).version;
+  let sessions;
   let mounted;
   try {
+    sessions = await startSession(fs, { mountpoint, version, ttlSeconds: Math.round(sessionTtl) }, (line) => console.error(line));
     mounted = await mount(fs, mountpoint, {
       source: `kvfs:${volume.settings.name}`,
       allowOther: !values['no-allow-other'],
@@ -162,9 +174,13 @@ export async function mountCommand(argv: string[]): Promise<number> {
       },
     });
   } catch (err) {
+    await fs.close().catch(() => undefined);
+    await sessions?.stop();
     await volume.close();
     throw err;
   }
+  const warning = await volume.store.durabilityWarning().catch(() => undefined);
+  if (warning) console.error(`kvfs: warning: ${warning}`);
   const socket = socketPath(mountpoint);
   await serveControl(socket, { '/status': () => volumeStatus(volume) }).catch((err) =>
     console.error(`kvfs: no control socket (${(err as Error).message}); kvfs status cannot ask this daemon`),
@@ -202,6 +218,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     console.error(`kvfs: could not commit everything before exit: ${(err as Error).message}`);
     code = 1;
   }
+  await sessions.stop();
   await volume.close().catch(() => undefined);
   removeRunRecord(mountpoint);
   return code;

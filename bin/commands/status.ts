@@ -43,8 +43,12 @@ function print(status: VolumeStatus, mounts: Mount[]): void {
     ['used', `${u.bytes} bytes of file data; the store holds ${status.data.blocks} blocks, ${status.data.bytes} bytes`],
   ];
   if (u.orphans) rows.push(['orphans', `${u.orphans} unlinked inodes waiting to be reclaimed`]);
-  rows.push(['mounts here', mounts.length ? mounts.map((m) => `${m.mountpoint} (pid ${m.pid})`).join(', ') : 'none']);
   for (const [k, v] of rows) console.log(`${(k + ':').padEnd(13)} ${v}`);
+  // Sessions are what the volume itself knows (every host, for etcd); run records what this host knows.
+  const sessions = status.sessions ?? [];
+  console.log(`mounts:       ${sessions.length === 0 ? (mounts.length ? mounts.map((m) => `${m.mountpoint} (pid ${m.pid})`).join(', ') : 'none') : sessions.length}`);
+  for (const m of sessions) console.log(`  ${m.host}:${m.mountpoint}  pid ${m.pid}  since ${m.startedAt}  kvfs ${m.version}  session ${m.id}`);
+  if (status.warning) console.log(`warning:      ${status.warning}`);
 }
 
 export async function statusCommand(argv: string[]): Promise<number> {

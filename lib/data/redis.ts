@@ -252,6 +252,18 @@ export class RedisBlocks implements BlockStore {
     });
   }
 
+  async durabilityWarning(): Promise<string | undefined> {
+    let p: RedisPersistence;
+    try {
+      p = await this.persistence();
+    } catch {
+      return undefined; // CONFIG may be renamed or forbidden; nothing to say then
+    }
+    if (p.appendonly) return undefined;
+    const snapshots = p.save ? `only RDB snapshots (save ${p.save}), so blocks written since the last snapshot` : 'no persistence at all, so every block';
+    return `Redis at ${this.address} has appendonly no and ${snapshots} would be lost if Redis restarts, even after fsync; set 'appendonly yes' (and appendfsync everysec or always) in redis.conf`;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -125,6 +125,11 @@ export class SqliteBlocks implements BlockStore {
     }
   }
 
+  /** Every put is committed with synchronous=FULL: durable when it resolves. */
+  async durabilityWarning(): Promise<string | undefined> {
+    return undefined;
+  }
+
   async usage(): Promise<{ blocks: number; bytes: number }> {
     const row = this.run('usage', () => this.stmt.usage.get())!;
     return { blocks: row.blocks, bytes: row.bytes };

@@ -17,5 +17,10 @@ export interface BlockStore {
   list(onBatch: (ids: string[]) => Promise<void> | void): Promise<void>;
   /** Number of blocks and bytes stored (approximate where the backend cannot say exactly). */
   usage(): Promise<{ blocks: number; bytes: number }>;
+  /**
+   * Why a block stored now might not survive a restart of the store itself (e.g. Redis without
+   * appendonly), with the setting that fixes it; undefined when stored blocks are durable.
+   */
+  durabilityWarning(): Promise<string | undefined>;
   close(): Promise<void>;
 }

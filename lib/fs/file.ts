@@ -148,6 +148,21 @@ export class OpenFile {
     return { ...attr, size: this.size, mtime, ctime: mtime > attr.ctime ? mtime : attr.ctime };
   }
 
+  /** Another mount changed the block map: forget the cached one (when nothing local depends on it). */
+  forgetBlockMap(): void {
+    if (!this.hasPendingWrites) this.chunks.clear();
+  }
+
+  /** Set when write-back data had to be dropped: writes and flushes through this file fail. */
+  private poisoned: Error | undefined;
+
+  poison(err: Error): void {
+    this.poisoned = err;
+    for (const block of this.dirty.values()) block.release();
+    this.dirty = new Map();
+    this.chunks.clear();
+  }
+
   /** Close-to-open: forget the cached block map (when nothing local depends on it). */
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
@@ -224,6 +239,7 @@ export class OpenFile {
 
   /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
   async write(position: number, data: Buffer): Promise<number> {
+    if (this.poisoned) throw this.poisoned;
     await this.options.budget.wait();
     await this.writeLock.run(async () => {
       const bs = this.blockSize;
@@ -280,6 +296,7 @@ export class OpenFile {
   /** Commit: store the dirty blocks under new ids, then switch the block map in one transaction. */
   commit(): Promise<void> {
     return this.commitLock.run(async () => {
+      if (this.poisoned) throw this.poisoned;
       if (this.dirty.size === 0) return;
       const blocks = this.dirty;
       this.dirty = new Map();
@@ -304,6 +321,10 @@ export class OpenFile {
         if (replaced.length) this.releaseBlocks(replaced);
         for (const block of blocks.values()) block.release();
       } catch (err) {
+        if (this.poisoned) {
+          for (const block of blocks.values()) block.release();
+          throw this.poisoned;
+        }
         // Keep the data: newer writes to the same blocks win, the rest go back to dirty.
         if (this.dirty.size === 0 && blocks.size > 0) this.dirtySince = Date.now();
         for (const [index, block] of blocks) {

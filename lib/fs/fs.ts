@@ -5,7 +5,8 @@
 import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
-import { Attr, Entry, FileType, ROOT_INO, nowNs, typeOfMode } from '../meta/schema';
+import type { KvSession } from '../meta/kv';
+import { Attr, Entry, FileType, ROOT_INO, keys, nowNs, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
@@ -68,6 +69,8 @@ interface Handle {
 }
 
 const DAY_NS = 86_400n * 1_000_000_000n;
+/** How long an orphan waits for other mounts to say they hold it open before it is reclaimed. */
+const ORPHAN_GRACE_MS = 2000;
 
 function splitPath(path: string): string[] {
   return path.split('/').filter((c) => c.length > 0);
@@ -94,6 +97,9 @@ export class Filesystem {
   private readonly cache: BlockCache;
   /** Work started in the background (reclaiming orphans), awaited at shutdown. */
   private readonly background = new Set<Promise<void>>();
+  private readonly pendingReclaims = new Map<number, NodeJS.Timeout>();
+  private session: { id: string; handle: KvSession } | undefined;
+  private unwatch: (() => Promise<void>) | undefined;
 
   private readonly budget: DirtyBudget;
   private readonly flushTimer: NodeJS.Timeout;
@@ -313,21 +319,113 @@ export class Filesystem {
     this.rememberEntry(parent, { name, ino, type: attr.type });
   }
 
-  /** After a name is gone: reclaim the inode now, or after its last handle on this mount closes. */
+  // ---- orphans: files whose last name is gone ------------------------------------------------
+  //
+  // An orphan's data is reclaimed once no mount has it open. A mount that has it open says so with
+  // a hold key bound to its session (H{ino}/{session}); it adds one when it unlinks the file itself,
+  // or when its watch sees another mount orphan a file it has open. The mount that orphaned the file
+  // reclaims it after ORPHAN_GRACE_MS unless someone holds it; a holder reclaims it at its last close
+  // when no other hold is left; and every mount sweeps orphans that nobody holds (their holders
+  // crashed: hold keys die with the session).
+
+  /** After a name is gone: reclaim the inode soon, or after its last handle closes. */
   private afterUnlink({ attr, orphaned }: Unlinked): void {
     this.attrs.delete(attr.ino);
     if (!orphaned) return;
     const file = this.files.get(attr.ino);
-    if (file) file.orphaned = true;
-    else this.reclaim(attr.ino);
+    if (file) this.hold(attr.ino, file);
+    else this.reclaimLater(attr.ino);
   }
 
-  private reclaim(ino: number): void {
-    const work = this.meta
-      .destroy(ino, async (ids) => this.deleteBlocks(ids))
-      .catch(() => undefined) // left as an orphan key for fsck/gc to finish
-      .finally(() => this.background.delete(work));
-    this.background.add(work);
+  private hold(ino: number, file: OpenFile): void {
+    if (file.orphaned) return;
+    file.orphaned = true;
+    const session = this.session;
+    if (session) this.track(session.handle.attach(keys.hold(ino, session.id), Buffer.from(String(process.pid))));
+  }
+
+  private reclaimLater(ino: number): void {
+    const timer = setTimeout(() => this.reclaimIfUnheld(ino), ORPHAN_GRACE_MS);
+    timer.unref();
+    this.pendingReclaims.set(ino, timer);
+  }
+
+  /** Destroys an orphan unless a mount (this one included) still has it open. */
+  private reclaimIfUnheld(ino: number): void {
+    this.pendingReclaims.delete(ino);
+    if (this.files.has(ino)) return;
+    this.track(
+      this.meta.holders(ino).then(async (holders) => {
+        if (holders.length === 0) await this.meta.destroy(ino, async (ids) => this.deleteBlocks(ids));
+      }),
+    );
+  }
+
+  /** Last close of an orphan on this mount. */
+  private releaseOrphan(ino: number): void {
+    const session = this.session;
+    if (!session) return this.reclaimIfUnheld(ino);
+    this.track(this.meta.dropHold(ino, session.id).then(() => this.reclaimIfUnheld(ino)));
+  }
+
+  /** Reclaims orphans nobody holds that are older than the grace time (their mounts died). */
+  async sweepOrphans(): Promise<number> {
+    const due = nowNs() - BigInt(ORPHAN_GRACE_MS) * 1_000_000n;
+    let reclaimed = 0;
+    for (const { ino, since } of await this.meta.orphans()) {
+      if (since > due || this.files.has(ino) || this.pendingReclaims.has(ino)) continue;
+      if ((await this.meta.holders(ino)).length > 0) continue;
+      await this.meta.destroy(ino, async (ids) => this.deleteBlocks(ids));
+      reclaimed++;
+    }
+    return reclaimed;
+  }
+
+  /** Keeps background work to await at shutdown; its failures leave orphans for the sweep/fsck. */
+  private track(work: Promise<unknown>): void {
+    const tracked: Promise<void> = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.background.add(tracked);
+    void tracked.finally(() => this.background.delete(tracked));
+  }
+
+  // ---- sessions and watches ------------------------------------------------------------------
+
+  /** Registers this mount's session (for holds and fencing) and follows changes made by others. */
+  async start(session: { id: string; handle: KvSession }): Promise<void> {
+    this.session = session;
+    await this.unwatch?.().catch(() => undefined);
+    this.unwatch = await this.meta.kv.watch('', (change) => this.applyChange(change.key, change.value));
+  }
+
+  /**
+   * The session was lost (cut off from etcd past its lease): other mounts may have changed what
+   * our open files are based on, so their uncommitted writes are dropped and further writes or
+   * flushes through those handles fail; caches are emptied. New opens work once a new session is
+   * started.
+   */
+  sessionLost(reason: Error): void {
+    this.session = undefined;
+    for (const file of this.files.values()) file.poison(new FsError('EIO', `write-back data dropped: ${reason.message}`));
+    this.entries.clear();
+    this.attrs.clear();
+  }
+
+  /** Drops what a change made by any mount makes stale. */
+  private applyChange(key: string, value: Buffer | undefined): void {
+    const m = /^([AO])([0-9a-f]{16})(?:([IDC])(.*))?$/s.exec(key);
+    if (!m) return;
+    const ino = parseInt(m[2], 16);
+    if (m[1] === 'O') {
+      const file = this.files.get(ino);
+      if (value && file) this.hold(ino, file);
+      return;
+    }
+    if (m[3] === 'I') this.attrs.delete(ino);
+    else if (m[3] === 'D') this.entries.delete(this.entryKey(ino, m[4]));
+    else if (m[3] === 'C') this.files.get(ino)?.forgetBlockMap();
   }
 
   private deleteBlocks(ids: number[]): void {
@@ -432,7 +530,7 @@ export class Filesystem {
     } finally {
       if (file.handles === 0 && !file.hasPendingWrites) {
         this.files.delete(handle.ino);
-        if (file.orphaned) this.reclaim(handle.ino);
+        if (file.orphaned) this.releaseOrphan(handle.ino);
       }
     }
   }
@@ -490,6 +588,11 @@ export class Filesystem {
   /** Flushes, then waits for background reclaims. */
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
+    for (const [ino, timer] of this.pendingReclaims) {
+      clearTimeout(timer);
+      this.reclaimIfUnheld(ino);
+    }
+    await this.unwatch?.().catch(() => undefined);
     await this.flushAll();
     await Promise.all([...this.background]);
   }

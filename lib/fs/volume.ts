@@ -7,7 +7,7 @@ import { FsError, UsageError } from '../errors';
 import { openBlockStore } from '../data/index';
 import type { BlockStore } from '../data/store';
 import { openKv, parseMetaUrl } from '../meta/index';
-import { Meta, VolumeSummary } from '../meta/meta';
+import { Meta, SessionInfo, VolumeSummary } from '../meta/meta';
 import { FORMAT_VERSION, VolumeSettings } from '../meta/schema';
 
 export interface Volume {
@@ -149,15 +149,26 @@ export interface VolumeStatus {
   meta: { url: string; engine: string };
   data: { url: string; engine: string; blocks: number; bytes: number };
   usage: VolumeSummary;
+  /** Mounts of the volume, on any host, that are alive (etcd: their leases are kept alive). */
+  sessions: SessionInfo[];
+  /** Why fsynced data might not survive a restart of the block store, if it might not. */
+  warning?: string;
 }
 
 /** Everything `kvfs status` shows about a volume (reads all of its metadata). */
 export async function volumeStatus(volume: Volume): Promise<VolumeStatus> {
-  const [usage, stored] = await Promise.all([volume.meta.summary(), volume.store.usage()]);
+  const [usage, stored, sessions, warning] = await Promise.all([
+    volume.meta.summary(),
+    volume.store.usage(),
+    volume.meta.sessions(),
+    volume.store.durabilityWarning(),
+  ]);
   return {
     settings: volume.settings,
     meta: { url: volume.describe, engine: volume.meta.kv.kind },
     data: { url: redactUrl(volume.dataUrl), engine: volume.store.kind, ...stored },
     usage,
+    sessions,
+    warning,
   };
 }

@@ -33,7 +33,7 @@ import {
   type Watcher,
 } from 'etcd3';
 import { FsError, type ErrnoName } from '../errors';
-import type { KvChange, KvEngine, KvPair, KvTxn, ScanOptions } from './kv';
+import type { KvChange, KvEngine, KvPair, KvSession, KvTxn, ScanOptions } from './kv';
 
 export interface EtcdKvOptions {
   /** etcd client endpoints, e.g. ['http://127.0.0.1:2379']. At least one. */
@@ -212,6 +212,10 @@ async function pagedScan(
   }
 }
 
+function staleSession(key: string): FsError {
+  return new FsError('ESTALE', `this mount's session (${key}) expired: it was cut off from etcd for too long, and its uncommitted changes are refused so that they cannot overwrite what other mounts did meanwhile`);
+}
+
 /** Internal signal: the snapshot revision of this attempt is gone; run the function again. */
 class RetryTxn extends Error {}
 
@@ -327,6 +331,8 @@ export class EtcdKv implements KvEngine {
   private readonly inTxn = new AsyncLocalStorage<EtcdKv>();
   private readonly watchers = new Set<() => Promise<void>>();
   private closed = false;
+  /** The open session every commit is fenced on: its key must still have this create revision. */
+  private fence: { key: string; createRevision: string; lost: boolean } | undefined;
 
   constructor(options: EtcdKvOptions) {
     if (!options.hosts || options.hosts.length === 0) throw new TypeError('EtcdKv: at least one host is required');
@@ -436,7 +442,7 @@ export class EtcdKv implements KvEngine {
   private async commit(tx: EtcdTxn): Promise<boolean> {
     // etcd checks max(compares, then-ops, else-ops) <= --max-txn-ops, not their sum
     // (etcdserver/api/v3rpc/key.go checkTxnRequest; verified against etcd 3.4).
-    if (tx.reads.size > this.maxTxnOps || tx.writes.size > this.maxTxnOps) {
+    if (tx.reads.size + (this.fence ? 1 : 0) > this.maxTxnOps || tx.writes.size > this.maxTxnOps) {
       throw new FsError(
         'E2BIG',
         `etcd txn: ${tx.reads.size} keys read and ${tx.writes.size} keys written; etcd allows at most ${this.maxTxnOps} of each in one txn`,
@@ -449,17 +455,61 @@ export class EtcdKv implements KvEngine {
       throw new FsError('E2BIG', `etcd txn: about ${bytes} bytes, more than the ${this.maxRequestBytes} allowed in one request`);
     }
     const full = (k: string): Buffer => Buffer.concat([this.prefixBuf, utf8(k)]);
-    const compare = [...tx.reads].map(([k, r]) => ({
+    const compare: Array<Record<string, unknown>> = [...tx.reads].map(([k, r]) => ({
       key: full(k),
       target: CompareTarget.Mod,
       result: CompareResult.Equal,
       mod_revision: r.modRevision,
     }));
+    const fence = this.fence;
+    if (fence) {
+      if (fence.lost) throw staleSession(fence.key);
+      compare.push({ key: full(fence.key), target: CompareTarget.Create, result: CompareResult.Equal, create_revision: fence.createRevision });
+    }
     const success: IRequestOp[] = [...tx.writes].map(([k, v]) =>
       v === undefined ? { request_delete_range: { key: full(k) } } : { request_put: { key: full(k), value: v } },
     );
-    const res = await this.request('commit', (ns, opts) => ns.kv.txn({ compare, success, failure: [] }, opts));
+    const res = await this.request('commit', (ns, opts) => ns.kv.txn({ compare, success, failure: [] } as Parameters<typeof ns.kv.txn>[0], opts));
+    if (!res.succeeded && fence && !(await this.get(fence.key).then((v) => v !== undefined))) {
+      fence.lost = true;
+      throw staleSession(fence.key);
+    }
     return res.succeeded;
+  }
+
+  async openSession(key: string, value: Buffer, ttlSeconds: number): Promise<KvSession> {
+    if (this.fence) throw new FsError('EBUSY', 'etcd: a session is already open on this engine');
+    const lease = this.ns.lease(ttlSeconds, { autoKeepAlive: true });
+    let markLost: () => void = () => undefined;
+    const lost = new Promise<void>((resolve) => (markLost = resolve));
+    let closing = false;
+    lease.on('lost', () => {
+      if (closing) return;
+      if (this.fence) this.fence.lost = true;
+      markLost();
+    });
+    try {
+      await this.request('session put', () => lease.put(key).value(value).exec());
+      const res = await this.request('session get', (ns, opts) => ns.get(key).options(opts).exec());
+      const createRevision = res.kvs[0]?.create_revision;
+      if (!createRevision) throw new FsError('EIO', `etcd: session key ${key} vanished right after it was written`);
+      this.fence = { key, createRevision, lost: false };
+    } catch (err) {
+      closing = true;
+      await lease.revoke().catch(() => undefined);
+      throw err;
+    }
+    return {
+      lost,
+      attach: async (k, v) => {
+        await this.request('session attach', () => lease.put(k).value(v).exec());
+      },
+      close: async () => {
+        closing = true;
+        this.fence = undefined;
+        await withTimeout(lease.revoke(), this.timeoutMs, 'etcd lease revoke').catch(() => undefined);
+      },
+    };
   }
 
   async watch(prefix: string, onChange: (change: KvChange) => void): Promise<() => Promise<void>> {

@@ -44,6 +44,22 @@ export interface KvChange {
   value: Buffer | undefined;
 }
 
+/**
+ * A client's presence in the store: a key that exists while the client is alive and connected,
+ * and disappears on its own `ttl` seconds after the client stops refreshing it (crash, cut off).
+ * While a session is open, every commit of the engine is fenced on it: once the session key is
+ * gone, commits fail with FsError ESTALE instead of overwriting what others did meanwhile
+ * (the fencing Torus used for its writers).
+ */
+export interface KvSession {
+  /** Resolves when the session was lost (expired or deleted) while open. */
+  readonly lost: Promise<void>;
+  /** Puts a key that lives and dies with the session (deleted when it ends or expires). */
+  attach(key: string, value: Buffer): Promise<void>;
+  /** Ends the session: its key and attached keys are deleted. */
+  close(): Promise<void>;
+}
+
 export interface KvEngine {
   /** Short backend name for messages and status ('etcd', 'sqlite'). */
   readonly kind: string;
@@ -63,5 +79,10 @@ export interface KvEngine {
    * (embedded: one host, one daemon) may only report their own changes.
    */
   watch(prefix: string, onChange: (change: KvChange) => void): Promise<() => Promise<void>>;
+  /**
+   * Opens a session under `key` (see KvSession). At most one per engine. The embedded engine
+   * serves one process, so its sessions never expire and fencing is a no-op.
+   */
+  openSession(key: string, value: Buffer, ttlSeconds: number): Promise<KvSession>;
   close(): Promise<void>;
 }

@@ -70,6 +70,17 @@ export interface Unlinked {
   orphaned: boolean;
 }
 
+/** What a mount says about itself in `session/{id}`. */
+export interface SessionInfo {
+  id: string;
+  host: string;
+  pid: number;
+  mountpoint: string;
+  version: string;
+  /** ISO 8601 */
+  startedAt: string;
+}
+
 export interface VolumeSummary {
   files: number;
   dirs: number;
@@ -515,7 +526,27 @@ export class Meta {
   }
 
   async listOrphans(): Promise<number[]> {
-    return (await this.kv.scan(keys.orphans)).map(({ key }) => keys.inodeOfOrphan(key));
+    return (await this.orphans()).map((o) => o.ino);
+  }
+
+  /** Orphans and when each lost its last name (ns since the epoch). */
+  async orphans(): Promise<Array<{ ino: number; since: bigint }>> {
+    return (await this.kv.scan(keys.orphans)).map(({ key, value }) => ({ ino: keys.inodeOfOrphan(key), since: BigInt(value.toString() || '0') }));
+  }
+
+  /** Sessions (mounts) whose keys still exist. */
+  async sessions(): Promise<SessionInfo[]> {
+    return (await this.kv.scan(keys.sessions)).map(({ value }) => JSON.parse(value.toString()) as SessionInfo);
+  }
+
+  /** Ids of the sessions that hold an orphan open. */
+  async holders(ino: number): Promise<string[]> {
+    const prefix = keys.holds(ino);
+    return (await this.kv.scan(prefix)).map(({ key }) => key.slice(prefix.length));
+  }
+
+  async dropHold(ino: number, session: string): Promise<void> {
+    await this.kv.txn(async (tx) => tx.delete(keys.hold(ino, session)));
   }
 
   // ---- attributes ------------------------------------------------------------------------

@@ -11,6 +11,9 @@
 //   A{ino}S                       symlink target (raw bytes)
 //   A{ino}X{name}                 extended attribute value (raw bytes)
 //   O{ino}                        orphan: inode whose last name is gone, data not yet reclaimed
+//                                 (value: when, in ns since the epoch)
+//   H{ino}/{session}              a mount still has that orphan open (lives with the session)
+//   session/{id}                  a mount: host, pid, mountpoint, version, start (lives with its lease)
 //
 // {ino} and {chunk} are 16 and 8 hex digits, so everything about one inode is one key range and
 // a range read returns a whole directory or a file's whole block map in order (as JuiceFS's
@@ -193,6 +196,11 @@ export const keys = {
   symlink: (ino: number) => `A${hex(ino, 16)}S`,
   xattrs: (ino: number) => `A${hex(ino, 16)}X`,
   xattr: (ino: number, name: string) => `A${hex(ino, 16)}X${name}`,
+  sessions: 'session/',
+  session: (id: string) => `session/${id}`,
+  /** A mount's claim on an orphan it still has open: H{ino}/{session id}, bound to the session. */
+  holds: (ino: number) => `H${hex(ino, 16)}/`,
+  hold: (ino: number, session: string) => `H${hex(ino, 16)}/${session}`,
   orphans: 'O',
   orphan: (ino: number) => `O${hex(ino, 16)}`,
   inodeOfOrphan: (key: string) => parseInt(key.slice(1), 16),

@@ -27,7 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { FsError, type ErrnoName } from '../errors';
-import type { KvChange, KvEngine, KvPair, KvTxn, ScanOptions } from './kv';
+import type { KvChange, KvEngine, KvPair, KvSession, KvTxn, ScanOptions } from './kv';
 
 export interface SqliteKvOptions {
   /** The volume's directory. The metadata lives in DIR/meta.db. */
@@ -388,6 +388,22 @@ export class SqliteKv implements KvEngine {
     return async () => {
       l.stopped = true;
       this.listeners.delete(l);
+    };
+  }
+
+  /** One host, one daemon (the database lock guarantees it): a session never expires. */
+  async openSession(key: string, value: Buffer, _ttlSeconds: number): Promise<KvSession> {
+    const attached = new Set<string>([key]);
+    await this.txn(async (tx) => tx.put(key, value));
+    return {
+      lost: new Promise<void>(() => undefined),
+      attach: async (k, v) => {
+        attached.add(k);
+        await this.txn(async (tx) => tx.put(k, v));
+      },
+      close: async () => {
+        if (this.db.open) await this.txn(async (tx) => attached.forEach((k) => tx.delete(k)));
+      },
     };
   }
 

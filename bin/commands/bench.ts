@@ -1,0 +1,134 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UsageError } from '../../lib/errors';
+import { BenchAborted } from '../../lib/bench/workloads';
+import { formatReport, lastReport, Phase, PHASES, redactUrls, runBench } from '../../lib/bench/run';
+import { parse, parseSize, str } from '../args';
+
+export const help = `Usage: kvfs bench [--meta URL] [--data URL] [--size SIZE] [--json FILE] [--quick]
+
+Measures kvfs on a fresh volume, and in the same run the ceilings it is measured
+against, then prints each kvfs figure beside its ceiling, the ratio, and the
+targets of issue 4 (PASS/MISS). Workloads, each on kvfs and on a no-op FUSE
+filesystem (same binding and mount options, stores nothing, answers at once):
+  1. sequential write of SIZE in 1 MiB writes, then fsync and close (MB/s)
+  2. sequential read in 1 MiB reads, cold (just remounted) and warm (again) (MB/s)
+  3. 4 KiB reads at random aligned offsets of that file (ops/s, p50, p99)
+  4. small files in one directory: create + write 4 KiB + close, read back,
+     stat, unlink (ops/s each)
+  5. append 4 KiB + fsync (p50, p99)
+and the raw backends through the same client code kvfs uses, without kvfs:
+block put/get of block-sized values, and read-modify-write metadata
+transactions one at a time (latency) and 64 concurrent (throughput).
+Each measurement is repeated (3 times, once with --quick) and the medians are
+reported. Progress goes to stderr, the table to stdout.
+
+The volume is formatted for the run and deleted afterwards; both filesystems
+are mounted by child processes (kvfs with 'kvfs mount') in a temp dir and always
+unmounted, also on errors and Ctrl-C. Needs root or /dev/fuse access, like mount.
+
+Options:
+  --meta URL        where to make the fresh volume: omitted, an embedded volume
+                    in a temp dir; file:///ABSOLUTE/DIR/NAME, an embedded volume
+                    NAME-bench-... in DIR (to measure that disk);
+                    etcd://HOST:PORT[,HOST:PORT...]/NAME, a volume NAME-bench-...
+                    on that etcd (needs --data). A scratch namespace NAME-bench-...-raw
+                    is used for the raw measurements.
+  --data URL        where its blocks go: redis://[USER:PASSWORD@]HOST:PORT[/DB]
+                    (needed with etcd)
+  --size SIZE       size of the file of workloads 1-3 (default 1G; 64M with --quick)
+  --json FILE       also write every number (each repetition and the medians),
+                    the machine and the command to FILE
+  --quick           a small run (64M, 1 repetition, fewer files and operations)
+                    that finishes in well under a minute
+  --reps N          repetitions of each measurement (default 3; 1 with --quick)
+  --phases LIST     only these, comma-separated, of: ${PHASES.join(', ')}
+                    (default all; read and random write the file unmeasured
+                    when write is left out)
+  --profile DIR     run the kvfs daemon under 'node --cpu-prof', one
+                    .cpuprofile per mount in DIR (open in Chrome DevTools); the
+                    daemon is remounted before each cold read
+  -h, --help        show this help`;
+
+const OPTIONS = {
+  meta: { type: 'string' },
+  data: { type: 'string' },
+  size: { type: 'string' },
+  json: { type: 'string' },
+  quick: { type: 'boolean' },
+  reps: { type: 'string' },
+  phases: { type: 'string' },
+  profile: { type: 'string' },
+} as const;
+
+export async function benchCommand(argv: string[]): Promise<number> {
+  const { values } = parse('bench', argv, OPTIONS, { min: 0, max: 0, names: '' });
+  if (values.help) return console.log(help), 0;
+  const quick = Boolean(values.quick);
+  const size = parseSize(str(values.size) ?? (quick ? '64M' : '1G'), '--size');
+  if (size < 1024 * 1024) throw new UsageError(`--size must be at least 1M, not ${str(values.size)}`);
+  if (size % 4096 !== 0) throw new UsageError('--size must be a multiple of 4K');
+  const repsText = str(values.reps) ?? (quick ? '1' : '3');
+  if (!/^\d{1,3}$/.test(repsText) || Number(repsText) < 1) throw new UsageError(`--reps must be a whole number from 1 to 999, not '${repsText}'`);
+  let phases: Phase[] = [...PHASES];
+  const phaseText = str(values.phases);
+  if (phaseText !== undefined) {
+    phases = [];
+    for (const p of phaseText.split(',').map((s) => s.trim()).filter(Boolean)) {
+      if (!(PHASES as readonly string[]).includes(p)) throw new UsageError(`unknown phase '${p}' in --phases; use some of: ${PHASES.join(', ')}`);
+      phases.push(p as Phase);
+    }
+    if (phases.length === 0) throw new UsageError(`--phases needs at least one of: ${PHASES.join(', ')}`);
+  }
+  const json = str(values.json);
+  if (json !== undefined) {
+    // Fail now, not after minutes of measuring.
+    try {
+      fs.accessSync(path.dirname(path.resolve(json)), fs.constants.W_OK);
+      if (fs.existsSync(json)) fs.accessSync(json, fs.constants.W_OK);
+    } catch (err) {
+      throw new UsageError(`cannot write --json ${json}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  if (!fs.existsSync('/dev/fuse')) {
+    throw new UsageError('/dev/fuse is missing: load the fuse kernel module (modprobe fuse), or in a container pass --device /dev/fuse --cap-add SYS_ADMIN');
+  }
+
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const write = () => {
+    if (json !== undefined && lastReport) fs.writeFileSync(json, `${JSON.stringify(lastReport, null, 2)}\n`);
+  };
+  try {
+    const report = await runBench({
+      metaUrl: str(values.meta),
+      dataUrl: str(values.data),
+      size,
+      quick,
+      reps: Number(repsText),
+      smallFiles: quick ? 100 : 1000,
+      appends: quick ? 30 : 300,
+      randomOps: quick ? 2000 : 20000,
+      randomMs: quick ? 1000 : 5000,
+      rawBlocks: quick ? 16 : 64,
+      blockParallel: 4,
+      rawTxns: quick ? 50 : 300,
+      rawConcurrentTxns: quick ? 256 : 2000,
+      concurrency: 64,
+      phases,
+      profileDir: str(values.profile),
+      command: redactUrls(['kvfs', 'bench', ...argv].join(' ')),
+      log,
+    });
+    write();
+    console.log(formatReport(report));
+    if (json !== undefined) log(`kvfs bench: wrote ${json}`);
+    return 0;
+  } catch (err) {
+    write();
+    if (err instanceof BenchAborted) {
+      log('kvfs bench: interrupted; everything it started is stopped and removed');
+      return 130;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,760 @@
+// `kvfs bench`: runs the workloads of lib/bench/workloads.ts on a fresh kvfs volume and, in the
+// same run, on their ceilings: a no-op FUSE filesystem (lib/bench/noop.ts) and the raw backends.
+//
+// The bench process only drives workloads. Each filesystem is served by a child process: kvfs by
+// the real CLI (`node bin/kvfs.js mount ...`, foreground), the no-op filesystem by
+// lib/bench/noop-main.ts. Workload I/O in the process serving the mount would deadlock.
+// Everything started is stopped and every temp dir removed, also on errors and Ctrl-C.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { UsageError } from '../errors';
+import { openBlockStore, parseBlockUrl } from '../data/index';
+import { mountAt } from '../fuse/mount';
+import { openKv, parseMetaUrl } from '../meta/index';
+import { Meta } from '../meta/meta';
+import {
+  appendFsync,
+  BenchAborted,
+  Canceller,
+  median,
+  MiB,
+  randomRead,
+  rawBlocks,
+  rawTxn,
+  seqRead,
+  seqWrite,
+  smallFiles,
+} from './workloads';
+
+export const PHASES = ['raw', 'write', 'read', 'random', 'small', 'append'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface BenchConfig {
+  /** etcd://... or file:///DIR/NAME; a fresh volume with a name derived from NAME is made. */
+  metaUrl?: string;
+  dataUrl?: string;
+  size: number;
+  quick: boolean;
+  reps: number;
+  smallFiles: number;
+  appends: number;
+  randomOps: number;
+  randomMs: number;
+  rawBlocks: number;
+  rawTxns: number;
+  rawConcurrentTxns: number;
+  concurrency: number;
+  blockParallel: number;
+  phases: Phase[];
+  /** Run the kvfs daemons under `node --cpu-prof`, profiles into this directory. */
+  profileDir?: string;
+  /** The command line, for the report (passwords are removed by the caller). */
+  command: string;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+/** One measured figure: each repetition and their median. */
+export interface Metric {
+  median: number;
+  runs: number[];
+}
+export type Figures = Record<string, Record<string, Metric>>;
+
+export interface Comparison {
+  workload: string;
+  unit: string;
+  kvfs: number;
+  ceiling: number;
+  /** What the ceiling is. */
+  ceilingIs: string;
+  /** kvfs / ceiling. */
+  ratio: number;
+  /** 'ratio >= 0.5', 'ratio <= 1.5', or undefined where the issue sets no target. */
+  target?: string;
+  pass?: boolean;
+}
+
+export interface BenchReport {
+  tool: 'kvfs bench';
+  version: string;
+  startedAt: string;
+  finishedAt: string;
+  seconds: number;
+  command: string;
+  machine: {
+    cpus: number;
+    cpuModel: string;
+    memoryBytes: number;
+    kernel: string;
+    os: string;
+    node: string;
+    loadAverageAtStart: number[];
+  };
+  config: {
+    meta: string;
+    data: string;
+    volume: string;
+    blockSize: number;
+    size: number;
+    quick: boolean;
+    repetitions: number;
+    phases: Phase[];
+    smallFiles: number;
+    appends: number;
+    randomReads: { maxOps: number; maxSeconds: number };
+    raw: { blocks: number; blockParallel: number; txns: number; concurrentTxns: number; concurrency: number };
+    note: string;
+  };
+  results: { kvfs: Figures; noop: Figures; raw: Figures };
+  comparison: Comparison[];
+  error?: string;
+}
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+const CLI = path.join(ROOT, 'bin', 'kvfs.js');
+const NOOP_MAIN = path.join(__dirname, 'noop-main.js');
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+
+/** Removes user:password@ from URLs in a string. */
+export function redactUrls(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)([^@/\s]*)@/gi, (_, scheme: string, cred: string) => `${scheme}${cred.split(':')[0]}:***@`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/** Runs a command to completion, collecting its output. */
+function runCommand(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (err) => (out += `${err.message}\n`));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out: out.trim() });
+    });
+  });
+}
+
+/** A filesystem daemon in a child process that prints a line containing 'mounted' when ready. */
+class Daemon {
+  readonly child: ChildProcess;
+  private lines: string[] = [];
+  readonly exited: Promise<number | null>;
+  private status: number | null | undefined;
+
+  constructor(
+    readonly what: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+  ) {
+    // Same process group as the bench: Ctrl-C in a terminal reaches the daemons too, and each
+    // commits and unmounts by itself even if the bench cannot.
+    this.child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    for (const stream of [this.child.stdout!, this.child.stderr!]) {
+      let partial = '';
+      stream.setEncoding('utf8').on('data', (d: string) => {
+        const parts = (partial + d).split('\n');
+        partial = parts.pop()!;
+        this.lines.push(...parts);
+        if (this.lines.length > 200) this.lines.splice(0, this.lines.length - 200);
+      });
+    }
+    this.exited = new Promise((resolve) => {
+      this.child.on('error', (err) => this.lines.push(`spawn error: ${err.message}`));
+      this.child.on('close', (code, signal) => {
+        this.status = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : null);
+        resolve(this.status);
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+  get running(): boolean {
+    return this.status === undefined;
+  }
+  output(): string {
+    return this.lines.slice(-20).join('\n');
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.lines.some((l) => /\bmounted\b/.test(l))) return;
+      if (!this.running) throw new Error(`${this.what} exited (code ${this.status}) before it was mounted:\n${this.output()}`);
+      if (Date.now() > end) throw new Error(`${this.what} did not report 'mounted' within ${timeoutMs / 1000} s:\n${this.output()}`);
+      await sleep(20);
+    }
+  }
+
+  async waitExit(ms: number): Promise<boolean> {
+    if (!this.running) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([this.exited.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+    clearTimeout(timer);
+    return done;
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    if (this.running && this.pid > 0) {
+      try {
+        process.kill(this.pid, signal);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+/** Live things the process-exit safety net must clean up synchronously. */
+const live = { daemons: new Set<Daemon>(), mounts: new Set<string>(), dirs: new Set<string>() };
+
+function emergencyCleanup(): void {
+  for (const d of live.daemons) d.kill('SIGKILL');
+  for (const m of live.mounts) if (mountAt(m)) spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
+  for (const dir of live.dirs) {
+    if (![...live.mounts].some((m) => m.startsWith(dir) && mountAt(m))) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A mounted filesystem the workloads run on. */
+interface Target {
+  name: 'kvfs' | 'noop';
+  label: string;
+  mnt: string;
+  mount(): Promise<void>;
+  unmount(): Promise<void>;
+  /** After a remount: make sure the big file exists (the no-op filesystem forgets everything). */
+  restore(file: string, size: number): void;
+}
+
+function makeTarget(
+  name: 'kvfs' | 'noop',
+  mnt: string,
+  env: NodeJS.ProcessEnv,
+  mountArgs: () => string[],
+  stop: (d: Daemon) => Promise<void>,
+): Target {
+  let daemon: Daemon | undefined;
+  const label = name === 'kvfs' ? 'kvfs' : 'no-op FUSE';
+  const target: Target = {
+    name,
+    label,
+    mnt,
+    async mount() {
+      if (mountAt(mnt)) throw new Error(`${mnt} is already mounted`);
+      const d = new Daemon(`${label} daemon`, mountArgs(), env);
+      daemon = d;
+      live.daemons.add(d);
+      live.mounts.add(mnt);
+      try {
+        await d.ready(60_000);
+        if (!mountAt(mnt)) throw new Error(`${label} daemon said 'mounted' but ${mnt} is not mounted:\n${d.output()}`);
+      } catch (err) {
+        await target.unmount().catch(() => undefined);
+        throw err;
+      }
+    },
+    async unmount() {
+      const d = daemon;
+      daemon = undefined;
+      if (d?.running) {
+        await stop(d).catch(() => undefined);
+        if (!(await d.waitExit(60_000))) {
+          d.kill('SIGTERM');
+          if (!(await d.waitExit(10_000))) {
+            d.kill('SIGKILL');
+            await d.waitExit(5_000);
+          }
+        }
+      }
+      if (mountAt(mnt)) spawnSync('umount', ['-l', mnt], { stdio: 'ignore', timeout: 10_000 });
+      if (d) live.daemons.delete(d);
+      live.mounts.delete(mnt);
+      if (d && d.running) throw new Error(`${label} daemon (pid ${d.pid}) did not exit`);
+    },
+    restore(file, size) {
+      if (name !== 'noop') return;
+      fs.writeFileSync(file, '');
+      fs.truncateSync(file, size);
+    },
+  };
+  return target;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+class Recorder {
+  readonly runs: Record<string, Record<string, Record<string, number[]>>> = { kvfs: {}, noop: {}, raw: {} };
+
+  add(who: string, workload: string, values: Record<string, number>): void {
+    const w = (this.runs[who][workload] ??= {});
+    for (const [k, v] of Object.entries(values)) (w[k] ??= []).push(v);
+  }
+
+  figures(who: string): Figures {
+    const out: Figures = {};
+    for (const [workload, fields] of Object.entries(this.runs[who])) {
+      out[workload] = {};
+      for (const [field, runs] of Object.entries(fields)) out[workload][field] = { median: median(runs), runs };
+    }
+    return out;
+  }
+}
+
+function fmt(value: number, unit: string): string {
+  if (!Number.isFinite(value)) return '-';
+  if (unit === 'ms') return value < 1 ? value.toFixed(3) : value < 10 ? value.toFixed(2) : value.toFixed(1);
+  return value < 10 ? value.toFixed(2) : value < 100 ? value.toFixed(1) : value.toFixed(0);
+}
+
+function machine(): BenchReport['machine'] {
+  const cpus = os.cpus();
+  return {
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model ?? 'unknown',
+    memoryBytes: os.totalmem(),
+    kernel: os.release(),
+    os: `${os.type()} ${os.version()}`,
+    node: process.version,
+    loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
+  };
+}
+
+/** The volume the bench formats: a fresh name derived from the given one. */
+function planVolume(cfg: BenchConfig, tmp: string): { metaUrl: string; rawMetaUrl: string; rawDataUrl: string; dataUrl?: string; embeddedDirs: string[] } {
+  const suffix = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+  if (!cfg.metaUrl) {
+    const store = path.join(tmp, 'store');
+    return {
+      metaUrl: pathToFileURL(path.join(store, 'bench')).href,
+      rawMetaUrl: pathToFileURL(path.join(store, 'raw')).href,
+      rawDataUrl: pathToFileURL(path.join(store, 'raw')).href,
+      dataUrl: cfg.dataUrl,
+      embeddedDirs: [],
+    };
+  }
+  const parsed = parseMetaUrl(cfg.metaUrl);
+  const name = `${parsed.volume.slice(0, 40)}-bench-${suffix}`;
+  const withName = (n: string) => cfg.metaUrl!.replace(/\/[^/]*$/, `/${n}`);
+  if (parsed.scheme === 'etcd') {
+    if (!cfg.dataUrl) throw new UsageError('kvfs bench --meta etcd://... needs --data redis://HOST:PORT (where the fresh volume keeps its blocks)');
+    parseBlockUrl(cfg.dataUrl);
+    return { metaUrl: withName(name), rawMetaUrl: withName(`${name}-raw`), rawDataUrl: cfg.dataUrl, dataUrl: cfg.dataUrl, embeddedDirs: [] };
+  }
+  // Embedded in a directory the user chose (to measure that disk): fresh dirs beside NAME.
+  const dir = path.dirname(parsed.dir);
+  const volDir = path.join(dir, name);
+  const rawDir = path.join(dir, `${name}-raw`);
+  return {
+    metaUrl: pathToFileURL(volDir).href,
+    rawMetaUrl: pathToFileURL(rawDir).href,
+    rawDataUrl: pathToFileURL(rawDir).href,
+    dataUrl: cfg.dataUrl,
+    embeddedDirs: [volDir, rawDir],
+  };
+}
+
+/** Deletes an etcd volume's keys and its blocks (the bench volume and its scratch namespace). */
+async function destroyRemoteVolume(metaUrl: string, dataUrl: string | undefined, uuid: string | undefined): Promise<void> {
+  const { kv } = await openKv(metaUrl, { create: false });
+  try {
+    for (;;) {
+      const pairs = await kv.scan('', { limit: 100 });
+      if (pairs.length === 0) break;
+      await kv.txn(async (tx) => {
+        for (const p of pairs) tx.delete(p.key);
+      });
+    }
+  } finally {
+    await kv.close();
+  }
+  if (dataUrl && uuid) {
+    const store = await openBlockStore(dataUrl, uuid);
+    try {
+      const ids: string[] = [];
+      await store.list((batch) => void ids.push(...batch));
+      for (let i = 0; i < ids.length; i += 500) await store.delete(ids.slice(i, i + 500));
+    } finally {
+      await store.close();
+    }
+  }
+}
+
+export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
+  const started = new Date();
+  const t0 = performance.now();
+  const c = new Canceller();
+  const rec = new Recorder();
+  const log = cfg.log;
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const has = (p: Phase) => cfg.phases.includes(p);
+
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    c.aborted = true;
+    if (signals === 1) log(`kvfs bench: ${sig}: stopping, unmounting and cleaning up (again to force)`);
+    else {
+      emergencyCleanup();
+      process.exit(130);
+    }
+  };
+  const sigs: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of sigs) process.on(s, onSignal);
+  process.on('exit', emergencyCleanup);
+
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
+  fs.chmodSync(tmp, 0o755);
+  live.dirs.add(tmp);
+  const env: NodeJS.ProcessEnv = { ...process.env, KVFS_HOME: path.join(tmp, 'home') };
+  delete env.NODE_OPTIONS;
+
+  const plan = planVolume(cfg, tmp);
+  for (const d of plan.embeddedDirs) live.dirs.add(d);
+  const report: BenchReport = {
+    tool: 'kvfs bench',
+    version: String(require(path.join(ROOT, 'package.json')).version),
+    startedAt: started.toISOString(),
+    finishedAt: '',
+    seconds: 0,
+    command: cfg.command,
+    machine: machine(),
+    config: {
+      meta: parseMetaUrl(plan.metaUrl).describe,
+      data: plan.dataUrl ? parseBlockUrl(plan.dataUrl).describe : `${parseMetaUrl(plan.metaUrl).describe} (embedded blocks.db)`,
+      volume: parseMetaUrl(plan.metaUrl).volume,
+      blockSize: 0,
+      size: cfg.size,
+      quick: cfg.quick,
+      repetitions: cfg.reps,
+      phases: cfg.phases,
+      smallFiles: cfg.smallFiles,
+      appends: cfg.appends,
+      randomReads: { maxOps: cfg.randomOps, maxSeconds: cfg.randomMs / 1000 },
+      raw: { blocks: cfg.rawBlocks, blockParallel: cfg.blockParallel, txns: cfg.rawTxns, concurrentTxns: cfg.rawConcurrentTxns, concurrency: cfg.concurrency },
+      note: 'figures are medians of the repetitions; MB/s = 10^6 bytes/s; ratio = kvfs / ceiling',
+    },
+    results: { kvfs: {}, noop: {}, raw: {} },
+    comparison: [],
+  };
+
+  const targets: Target[] = [];
+  try {
+    // A fresh volume, formatted by the real CLI.
+    log(`kvfs bench: formatting a fresh volume ${report.config.meta}`);
+    const formatArgs = [CLI, 'format', '--meta', plan.metaUrl, ...(plan.dataUrl ? ['--data', plan.dataUrl] : [])];
+    const formatted = await runCommand(process.execPath, formatArgs, env, 60_000);
+    if (formatted.code !== 0) throw new UsageError(`could not format the bench volume: ${formatted.out.split('\n').pop()}`);
+    let uuid: string | undefined;
+    cleanups.push(async () => {
+      if (parseMetaUrl(plan.metaUrl).scheme === 'etcd') {
+        await destroyRemoteVolume(plan.metaUrl, plan.dataUrl, uuid);
+        await destroyRemoteVolume(plan.rawMetaUrl, undefined, undefined);
+      }
+    });
+    {
+      const { kv, describe } = await openKv(plan.metaUrl, { create: false });
+      try {
+        const settings = await Meta.loadSettings(kv, describe);
+        if (!settings) throw new Error(`the volume ${describe} just formatted has no settings`);
+        uuid = settings.uuid;
+        report.config.blockSize = settings.blockSize;
+      } finally {
+        await kv.close();
+      }
+    }
+    const blockSize = report.config.blockSize;
+    c.check();
+
+    // Raw backends, through the engines kvfs uses.
+    if (has('raw')) {
+      const { kv } = await openKv(plan.rawMetaUrl);
+      const store = await openBlockStore(plan.rawDataUrl, `bench-raw-${randomBytes(4).toString('hex')}`).catch(async (err) => {
+        await kv.close();
+        throw err;
+      });
+      try {
+        for (let rep = 0; rep < cfg.reps; rep++) {
+          const b = await rawBlocks(store, blockSize, cfg.rawBlocks, cfg.blockParallel, `${rep}`, c);
+          rec.add('raw', 'blockPut', { MBps: b.put.MBps, p50Ms: b.put.p50Ms, p99Ms: b.put.p99Ms, parallelMBps: b.put.parallelMBps });
+          rec.add('raw', 'blockGet', { MBps: b.get.MBps, p50Ms: b.get.p50Ms, p99Ms: b.get.p99Ms, parallelMBps: b.get.parallelMBps });
+          rec.add('raw', 'blockPut4k', { p50Ms: b.put4kP50Ms });
+          log(
+            `raw ${store.kind} block ${blockSize / 1024} KiB  rep ${rep + 1}/${cfg.reps}: put ${fmt(b.put.MBps, '')} MB/s (p50 ${fmt(b.put.p50Ms, 'ms')} ms), ` +
+              `get ${fmt(b.get.MBps, '')} MB/s; ${cfg.blockParallel} in flight: put ${fmt(b.put.parallelMBps, '')}, get ${fmt(b.get.parallelMBps, '')} MB/s; 4 KiB put p50 ${fmt(b.put4kP50Ms, 'ms')} ms`,
+          );
+          const t = await rawTxn(kv, cfg.rawTxns, cfg.rawConcurrentTxns, cfg.concurrency, `${rep}`, c);
+          rec.add('raw', 'txn', { p50Ms: t.p50Ms, p99Ms: t.p99Ms, seqPerSec: t.seqPerSec, perSec: t.perSec });
+          log(
+            `raw ${kv.kind} txn  rep ${rep + 1}/${cfg.reps}: p50 ${fmt(t.p50Ms, 'ms')} ms, p99 ${fmt(t.p99Ms, 'ms')} ms, ` +
+              `${fmt(t.seqPerSec, '')}/s one at a time, ${fmt(t.perSec, '')}/s with ${cfg.concurrency} concurrent`,
+          );
+        }
+      } finally {
+        await Promise.allSettled([kv.close(), store.close()]);
+      }
+    }
+
+    // The two filesystems, side by side.
+    const mntK = path.join(tmp, 'mnt-kvfs');
+    const mntN = path.join(tmp, 'mnt-noop');
+    for (const m of [mntK, mntN]) fs.mkdirSync(m, { mode: 0o755 });
+    if (cfg.profileDir) fs.mkdirSync(cfg.profileDir, { recursive: true });
+    const nodeArgs = cfg.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(cfg.profileDir)}`] : [];
+    const kvfsTarget = makeTarget(
+      'kvfs',
+      mntK,
+      env,
+      () => [...nodeArgs, CLI, 'mount', '--meta', plan.metaUrl, ...(plan.dataUrl ? ['--data', plan.dataUrl] : []), mntK],
+      async () => {
+        const r = await runCommand(process.execPath, [CLI, 'umount', mntK], env, 90_000);
+        if (r.code !== 0) throw new Error(r.out);
+      },
+    );
+    const noopTarget = makeTarget('noop', mntN, env, () => [NOOP_MAIN, mntN], async (d) => d.kill('SIGTERM'));
+    targets.push(kvfsTarget, noopTarget);
+    const fsPhases = cfg.phases.filter((p) => p !== 'raw');
+    if (fsPhases.length > 0) {
+      for (const t of targets) {
+        log(`mounting ${t.label} at ${t.mnt}`);
+        await t.mount();
+      }
+    }
+    const pad = (label: string) => label.padEnd(10);
+    const bigOf = (t: Target, rep: number) => path.join(t.mnt, `seq-${rep}`);
+    let big = (t: Target) => bigOf(t, 0);
+
+    if (has('write') || has('read') || has('random')) {
+      const reps = has('write') ? cfg.reps : 1;
+      for (let rep = 0; rep < reps; rep++) {
+        for (const t of targets) {
+          c.check();
+          const r = await seqWrite(bigOf(t, rep), cfg.size, c);
+          if (rep > 0) fs.unlinkSync(bigOf(t, rep - 1));
+          if (has('write')) {
+            rec.add(t.name, 'seqWrite', { MBps: r.MBps });
+            log(`seq write ${fmtSize(cfg.size)} incl. fsync  rep ${rep + 1}/${reps}  ${pad(t.label)} ${fmt(r.MBps, '')} MB/s (${r.seconds.toFixed(1)} s)`);
+          } else {
+            log(`writing the ${fmtSize(cfg.size)} file for the read phases on ${t.label} (not measured)`);
+          }
+        }
+      }
+      big = (t: Target) => bigOf(t, reps - 1);
+    }
+
+    if (has('read')) {
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        for (const t of targets) {
+          c.check();
+          await t.unmount();
+          await t.mount();
+          t.restore(big(t), cfg.size);
+          const cold = await seqRead(big(t), cfg.size, c);
+          const warm = await seqRead(big(t), cfg.size, c);
+          rec.add(t.name, 'seqReadCold', { MBps: cold.MBps });
+          rec.add(t.name, 'seqReadWarm', { MBps: warm.MBps });
+          log(`seq read  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} cold (after remount) ${fmt(cold.MBps, '')} MB/s, warm ${fmt(warm.MBps, '')} MB/s`);
+        }
+      }
+    }
+
+    if (has('random')) {
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        for (const t of targets) {
+          c.check();
+          // Cold, like the cold read: otherwise every read is a hit in the kernel's page cache.
+          await t.unmount();
+          await t.mount();
+          t.restore(big(t), cfg.size);
+          const r = await randomRead(big(t), cfg.size, cfg.randomOps, cfg.randomMs, 1000 + rep, c);
+          rec.add(t.name, 'randomRead', { opsPerSec: r.opsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms });
+          log(`4 KiB random read (after remount)  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} ${fmt(r.opsPerSec, '')}/s, p50 ${fmt(r.p50Ms, 'ms')} ms, p99 ${fmt(r.p99Ms, 'ms')} ms (${r.ops} reads)`);
+        }
+      }
+    }
+
+    if (has('small')) {
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        for (const t of targets) {
+          c.check();
+          const r = await smallFiles(path.join(t.mnt, `small-${rep}`), cfg.smallFiles, c);
+          rec.add(t.name, 'smallFiles', { createPerSec: r.createPerSec, readPerSec: r.readPerSec, statPerSec: r.statPerSec, unlinkPerSec: r.unlinkPerSec });
+          log(
+            `small files x${r.files}  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} create+write+close ${fmt(r.createPerSec, '')}/s, ` +
+              `read ${fmt(r.readPerSec, '')}/s, stat ${fmt(r.statPerSec, '')}/s, unlink ${fmt(r.unlinkPerSec, '')}/s`,
+          );
+        }
+      }
+    }
+
+    if (has('append')) {
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        for (const t of targets) {
+          c.check();
+          const r = await appendFsync(path.join(t.mnt, `append-${rep}`), cfg.appends, c);
+          rec.add(t.name, 'appendFsync', { p50Ms: r.p50Ms, p99Ms: r.p99Ms, opsPerSec: r.opsPerSec });
+          log(`append 4 KiB + fsync x${r.ops}  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} p50 ${fmt(r.p50Ms, 'ms')} ms, p99 ${fmt(r.p99Ms, 'ms')} ms`);
+        }
+      }
+    }
+
+    for (const t of targets) {
+      log(`unmounting ${t.label}`);
+      await t.unmount();
+    }
+  } catch (err) {
+    report.error = err instanceof BenchAborted || c.aborted ? 'interrupted' : (err as Error).message;
+    throw c.aborted && !(err instanceof BenchAborted) ? new BenchAborted() : err;
+  } finally {
+    // Unmount, stop, delete: also after errors and Ctrl-C.
+    for (const t of targets) await t.unmount().catch((e) => log(`kvfs bench: ${(e as Error).message}`));
+    for (const fn of cleanups.reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        log(`kvfs bench: cleanup: ${(e as Error).message}`);
+      }
+    }
+    for (const dir of [tmp, ...plan.embeddedDirs]) {
+      if (![...live.mounts].some((m) => m.startsWith(dir))) {
+        fs.rmSync(dir, { recursive: true, force: true });
+        live.dirs.delete(dir);
+      }
+    }
+    for (const s of sigs) process.off(s, onSignal);
+    process.off('exit', emergencyCleanup);
+    report.results = { kvfs: rec.figures('kvfs'), noop: rec.figures('noop'), raw: rec.figures('raw') };
+    report.comparison = compare(report.results);
+    report.finishedAt = new Date().toISOString();
+    report.seconds = Math.round((performance.now() - t0) / 100) / 10;
+    lastReport = report;
+  }
+  return report;
+}
+
+/** The report of the last run, also when it failed (for --json after an error). */
+export let lastReport: BenchReport | undefined;
+
+function fmtSize(bytes: number): string {
+  if (bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0) return `${bytes / 1024 ** 3} GiB`;
+  if (bytes >= MiB && bytes % MiB === 0) return `${bytes / MiB} MiB`;
+  return `${bytes} bytes`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison with ceilings and the issue's targets
+
+export function compare(r: BenchReport['results']): Comparison[] {
+  const out: Comparison[] = [];
+  const m = (f: Figures, w: string, k: string): number => f[w]?.[k]?.median ?? NaN;
+  const row = (workload: string, unit: string, kvfs: number, ceiling: number, ceilingIs: string, target?: { op: '>=' | '<='; value: number }) => {
+    if (!Number.isFinite(kvfs) && !Number.isFinite(ceiling)) return;
+    const ratio = kvfs / ceiling;
+    out.push({
+      workload,
+      unit,
+      kvfs,
+      ceiling,
+      ceilingIs,
+      ratio,
+      target: target ? `ratio ${target.op} ${target.value}` : undefined,
+      pass: target && Number.isFinite(ratio) ? (target.op === '>=' ? ratio >= target.value : ratio <= target.value) : undefined,
+    });
+  };
+  const { kvfs: k, noop: n, raw } = r;
+  row('seq write 1 MiB + fsync', 'MB/s', m(k, 'seqWrite', 'MBps'), m(n, 'seqWrite', 'MBps'), 'no-op FUSE', { op: '>=', value: 0.5 });
+  row('seq read, cold', 'MB/s', m(k, 'seqReadCold', 'MBps'), m(n, 'seqReadCold', 'MBps'), 'no-op FUSE', { op: '>=', value: 0.5 });
+  row('seq read, warm', 'MB/s', m(k, 'seqReadWarm', 'MBps'), m(n, 'seqReadWarm', 'MBps'), 'no-op FUSE', { op: '>=', value: 0.8 });
+  row('4 KiB random read', 'ops/s', m(k, 'randomRead', 'opsPerSec'), m(n, 'randomRead', 'opsPerSec'), 'no-op FUSE');
+  row('4 KiB random read p50', 'ms', m(k, 'randomRead', 'p50Ms'), m(n, 'randomRead', 'p50Ms'), 'no-op FUSE');
+  row('4 KiB random read p99', 'ms', m(k, 'randomRead', 'p99Ms'), m(n, 'randomRead', 'p99Ms'), 'no-op FUSE');
+  const noopCreate = m(n, 'smallFiles', 'createPerSec');
+  const txnRate = m(raw, 'txn', 'perSec');
+  const createCeil = Number.isFinite(txnRate) ? Math.min(noopCreate, txnRate) : noopCreate;
+  const createIs = Number.isFinite(txnRate) ? (createCeil === txnRate ? 'raw txn rate (< no-op)' : 'no-op FUSE (< raw txn)') : 'no-op FUSE';
+  row('small: create+write 4K+close', 'files/s', m(k, 'smallFiles', 'createPerSec'), createCeil, createIs, { op: '>=', value: 0.5 });
+  row('small: open+read+close', 'files/s', m(k, 'smallFiles', 'readPerSec'), m(n, 'smallFiles', 'readPerSec'), 'no-op FUSE');
+  row('small: stat', 'ops/s', m(k, 'smallFiles', 'statPerSec'), m(n, 'smallFiles', 'statPerSec'), 'no-op FUSE');
+  row('small: unlink', 'ops/s', m(k, 'smallFiles', 'unlinkPerSec'), m(n, 'smallFiles', 'unlinkPerSec'), 'no-op FUSE');
+  const appendCeil = m(raw, 'txn', 'p50Ms') + m(raw, 'blockPut', 'p50Ms');
+  if (Number.isFinite(appendCeil)) {
+    row('append 4K + fsync p50', 'ms', m(k, 'appendFsync', 'p50Ms'), appendCeil, 'raw txn p50 + block put p50', { op: '<=', value: 1.5 });
+    row('append 4K + fsync p99', 'ms', m(k, 'appendFsync', 'p99Ms'), m(raw, 'txn', 'p99Ms') + m(raw, 'blockPut', 'p99Ms'), 'raw txn p99 + block put p99');
+  }
+  row('append 4K + fsync p50 (FUSE)', 'ms', m(k, 'appendFsync', 'p50Ms'), m(n, 'appendFsync', 'p50Ms'), 'no-op FUSE');
+  return out;
+}
+
+/** The table printed at the end of a run. */
+export function formatReport(report: BenchReport): string {
+  const lines: string[] = [];
+  const c = report.config;
+  lines.push(
+    `kvfs bench: ${c.meta}, data ${c.data}, block size ${c.blockSize / 1024} KiB, file ${fmtSize(c.size)}; ` +
+      `${report.machine.cpus} cpus, ${Math.round(report.machine.memoryBytes / 1024 ** 3)} GiB, Linux ${report.machine.kernel}, node ${report.machine.node}`,
+  );
+  lines.push(
+    `Medians of ${c.repetitions} repetition${c.repetitions === 1 ? '' : 's'} (each workload alternating kvfs / no-op FUSE); ratio = kvfs / ceiling; MB/s = 10^6 bytes/s.`,
+  );
+  lines.push('');
+  const head = ['workload', 'unit', 'kvfs', 'ceiling', 'ratio', 'target', 'result', 'ceiling is'];
+  const rows = report.comparison.map((r) => [
+    r.workload,
+    r.unit,
+    fmt(r.kvfs, r.unit),
+    fmt(r.ceiling, r.unit),
+    Number.isFinite(r.ratio) ? r.ratio.toFixed(2) : '-',
+    r.target ?? '',
+    r.pass === undefined ? '' : r.pass ? 'PASS' : 'MISS',
+    r.ceilingIs,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const right = new Set([2, 3, 4]);
+  const line = (cells: string[]) => cells.map((cell, i) => (right.has(i) ? cell.padStart(widths[i]) : cell.padEnd(widths[i]))).join('  ').trimEnd();
+  lines.push(line(head));
+  lines.push(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const r of rows) lines.push(line(r));
+
+  const raw = report.results.raw;
+  if (raw.txn || raw.blockPut) {
+    const g = (w: string, k: string) => raw[w]?.[k]?.median ?? NaN;
+    lines.push('');
+    lines.push('Raw backend ceilings (same client code as kvfs, without kvfs):');
+    if (raw.blockPut) {
+      lines.push(
+        `  block put ${c.blockSize / 1024} KiB: ${fmt(g('blockPut', 'MBps'), '')} MB/s one at a time (p50 ${fmt(g('blockPut', 'p50Ms'), 'ms')} ms, p99 ${fmt(g('blockPut', 'p99Ms'), 'ms')} ms), ` +
+          `${fmt(g('blockPut', 'parallelMBps'), '')} MB/s with ${c.raw.blockParallel} in flight; 4 KiB put p50 ${fmt(g('blockPut4k', 'p50Ms'), 'ms')} ms`,
+      );
+      lines.push(
+        `  block get ${c.blockSize / 1024} KiB: ${fmt(g('blockGet', 'MBps'), '')} MB/s one at a time (p50 ${fmt(g('blockGet', 'p50Ms'), 'ms')} ms), ` +
+          `${fmt(g('blockGet', 'parallelMBps'), '')} MB/s with ${c.raw.blockParallel} in flight`,
+      );
+    }
+    if (raw.txn) {
+      lines.push(
+        `  metadata txn (read-modify-write): p50 ${fmt(g('txn', 'p50Ms'), 'ms')} ms, p99 ${fmt(g('txn', 'p99Ms'), 'ms')} ms, ` +
+          `${fmt(g('txn', 'seqPerSec'), '')}/s one at a time, ${fmt(g('txn', 'perSec'), '')}/s with ${c.raw.concurrency} concurrent`,
+      );
+    }
+  }
+  const missed = report.comparison.filter((r) => r.pass === false).length;
+  const targets = report.comparison.filter((r) => r.pass !== undefined).length;
+  lines.push('');
+  lines.push(`Targets met: ${targets - missed} of ${targets}. Took ${report.seconds} s.`);
+  return lines.join('\n');
+}
