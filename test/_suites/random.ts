@@ -319,6 +319,9 @@ function firstDifference(a: Record<string, Result>, b: Record<string, Result>): 
 export interface RandomOptions {
   seeds?: number[];
   ops?: number;
+  /** Extra mount options (e.g. tiny cache and dirty limits, so eviction and back-pressure happen). */
+  mountArgs?: string[];
+  formatArgs?: string[];
 }
 
 function envSeeds(): number[] | undefined {
@@ -335,7 +338,7 @@ export function randomSuite(test: TestFn, backend: Backend, opts: RandomOptions 
 
   test.before(async () => {
     local = makeTempDir('kvfs-random-local-');
-    vol = await startVolume({ backend, mountArgs: NO_CACHE });
+    vol = await startVolume({ backend, mountArgs: [...NO_CACHE, ...(opts.mountArgs ?? [])], formatArgs: opts.formatArgs });
   });
 
   test.after.always(async () => {
