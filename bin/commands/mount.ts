@@ -4,6 +4,7 @@ import { basename, join, resolve } from 'node:path';
 import { UsageError } from '../../lib/errors';
 import { Filesystem } from '../../lib/fs/fs';
 import { openVolume, volumeStatus } from '../../lib/fs/volume';
+import { Metrics } from '../../lib/fs/metrics';
 import { startSession } from '../../lib/fs/session';
 import { checkMountpoint, mount } from '../../lib/fuse/mount';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
@@ -132,7 +133,9 @@ export async function mountCommand(argv: string[]): Promise<number> {
   if (values.background) return startInBackground(argv, mountpoint, str(values.log));
 
   const metaUrl = metaGiven ?? defaultMetaUrl();
+  const metrics = new Metrics();
   const volume = await openVolume(metaUrl, {
+    metrics,
     dataUrl: str(values.data),
     timeoutMs: backendTimeout * 1000,
     // Zero set-up: the default embedded volume is created on first mount.
@@ -169,6 +172,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
       entryTimeout: kernelCache,
       // Longer than the backend timeout, so the daemon's own error (with its errno) wins.
       opTimeout: backendTimeout * 2 + 5,
+      metrics,
       observe: (op, errno, ms) => {
         if (errno === 5 || errno === 110) console.error(`kvfs: ${op} failed with errno ${errno} after ${ms.toFixed(0)} ms`);
       },
@@ -182,7 +186,11 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const warning = await volume.store.durabilityWarning().catch(() => undefined);
   if (warning) console.error(`kvfs: warning: ${warning}`);
   const socket = socketPath(mountpoint);
-  await serveControl(socket, { '/status': () => volumeStatus(volume) }).catch((err) =>
+  await serveControl(socket, {
+    '/status': () => volumeStatus(volume),
+    '/metrics': async () => metrics.snapshot(),
+    '/metrics/reset': async () => (metrics.reset(), metrics.snapshot()),
+  }).catch((err) =>
     console.error(`kvfs: no control socket (${(err as Error).message}); kvfs status cannot ask this daemon`),
   );
   writeRunRecord({ pid: process.pid, mountpoint, volume: volume.describe, socket });

@@ -8,6 +8,7 @@ import { openBlockStore } from '../data/index';
 import type { BlockStore } from '../data/store';
 import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta, SessionInfo, VolumeSummary } from '../meta/meta';
+import type { Metrics } from './metrics';
 import { FORMAT_VERSION, VolumeSettings } from '../meta/schema';
 
 export interface Volume {
@@ -26,6 +27,8 @@ export interface OpenOptions {
   dataUrl?: string;
   /** Bound on every backend request, ms. */
   timeoutMs: number;
+  /** Times every backend call (for the daemon's /metrics). */
+  metrics?: Metrics;
   /** Format the volume first if it does not exist (the zero-set-up embedded default). */
   createIfMissing?: { blockSize: number; uid: number; gid: number; onCreate(settings: VolumeSettings): void };
 }
@@ -63,9 +66,11 @@ async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefi
 }
 
 export async function openVolume(metaUrl: string, options: OpenOptions): Promise<Volume> {
-  const { kv, volume, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
+  const opened = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
     throw explainBusy(err, parseMetaUrl(metaUrl).describe);
   });
+  const { volume, describe } = opened;
+  const kv = options.metrics ? options.metrics.wrapKv(opened.kv) : opened.kv;
   let store: BlockStore | undefined;
   try {
     const create = options.createIfMissing;
@@ -81,14 +86,14 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
         throw explainBusy(err, describe);
       },
     );
-    const opened = store;
+    const usable = options.metrics ? options.metrics.wrapStore(store) : store;
     return {
       meta,
-      store: opened,
+      store: usable,
       settings: meta.settings,
       describe,
       dataUrl,
-      close: () => closeQuietly(kv, opened),
+      close: () => closeQuietly(kv, usable),
     };
   } catch (err) {
     await closeQuietly(kv, store);

@@ -7,6 +7,7 @@
 import { errnoOf } from '../errors';
 import type { Attr } from '../meta/schema';
 import type { Caller, Filesystem } from '../fs/fs';
+import type { Metrics } from '../fs/metrics';
 
 /** The part of fuse-native's stat object we fill in. Times are bigint nanoseconds (patched binding). */
 export interface FuseStat {
@@ -104,11 +105,11 @@ export function toStat(attr: Attr): FuseStat {
  * Builds the fuse-native handlers. `context` returns the credentials of the request being
  * dispatched; it must be called synchronously at the start of a handler (see patches/README.md).
  */
-export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObserver): FuseOps {
+export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObserver, metrics?: Metrics): FuseOps {
   /** Runs an async fs call and answers the kernel: 0 and the result, or -errno. */
   function answer<T>(op: string, work: () => Promise<T>, reply: (code: number, value?: T) => void): void {
     const start = performance.now();
-    work().then(
+    (metrics ? metrics.run(op, work) : work()).then(
       (value) => {
         observe?.(op, 0, performance.now() - start);
         reply(0, value);

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { UsageError } from '../errors';
 import type { Caller, Filesystem } from '../fs/fs';
+import type { Metrics } from '../fs/metrics';
 import { makeOps, OpObserver } from './adapter';
 
 const run = promisify(execFile);
@@ -22,6 +23,8 @@ export interface MountOptions {
   /** Seconds before an operation the daemon has not answered fails with ETIMEDOUT. */
   opTimeout: number;
   observe?: OpObserver;
+  /** Per-operation timers (backend waits vs the rest). */
+  metrics?: Metrics;
 }
 
 /** The subset of fuse-native's Fuse class used here (with the kvfs patch). */
@@ -115,7 +118,7 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
   if (options.readOnly) extra.push('ro');
   let fuse: FuseInstance | undefined;
   const context = (): Caller => fuse!.getContext();
-  const ops = makeOps(fs, context, options.observe);
+  const ops = makeOps(fs, context, options.observe, options.metrics);
   fuse = new Fuse(mountpoint, ops, {
     fsname: extra.join(','),
     allowOther: options.allowOther,

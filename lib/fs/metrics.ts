@@ -1,0 +1,106 @@
+// Timers inside the daemon: for every FUSE operation, how long it took and how much of that was
+// spent waiting on the metadata engine and on the block store; the rest is the daemon and the
+// FUSE path. Served on the control socket (/metrics) for `kvfs lab` and future monitoring.
+
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { BlockStore } from '../data/store';
+import type { KvEngine, KvTxn } from '../meta/kv';
+
+export interface OpTimes {
+  count: number;
+  errors: number;
+  /** Milliseconds, summed over all calls. */
+  totalMs: number;
+  metaMs: number;
+  dataMs: number;
+}
+
+interface Current {
+  metaMs: number;
+  dataMs: number;
+}
+
+function emptyTimes(): OpTimes {
+  return { count: 0, errors: 0, totalMs: 0, metaMs: 0, dataMs: 0 };
+}
+
+export class Metrics {
+  private readonly ops = new Map<string, OpTimes>();
+  private readonly current = new AsyncLocalStorage<Current>();
+  /** Backend time spent outside any FUSE operation (background commits, sweeps). */
+  private readonly background = emptyTimes();
+  readonly startedAt = Date.now();
+
+  /** Runs one operation, attributing the backend waits inside it to `op`. */
+  async run<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    const current: Current = { metaMs: 0, dataMs: 0 };
+    const start = performance.now();
+    let failed = false;
+    try {
+      return await this.current.run(current, fn);
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      const times = this.ops.get(op) ?? emptyTimes();
+      const total = performance.now() - start;
+      times.count++;
+      if (failed) times.errors++;
+      times.totalMs += total;
+      // Concurrent backend calls inside one operation can add up to more than its duration.
+      times.metaMs += Math.min(current.metaMs, total);
+      times.dataMs += Math.min(current.dataMs, Math.max(0, total - Math.min(current.metaMs, total)));
+      this.ops.set(op, times);
+    }
+  }
+
+  private async timed<T>(kind: 'metaMs' | 'dataMs', fn: () => Promise<T>): Promise<T> {
+    const start = performance.now();
+    try {
+      return await fn();
+    } finally {
+      const ms = performance.now() - start;
+      const current = this.current.getStore();
+      if (current) current[kind] += ms;
+      else this.background[kind] += ms;
+    }
+  }
+
+  /** The metadata engine, with every call timed. */
+  wrapKv(kv: KvEngine): KvEngine {
+    const timed = <T>(fn: () => Promise<T>) => this.timed('metaMs', fn);
+    return {
+      kind: kv.kind,
+      txn: <T>(fn: (tx: KvTxn) => Promise<T>) => timed(() => kv.txn(fn)),
+      get: (key) => timed(() => kv.get(key)),
+      scan: (prefix, options) => timed(() => kv.scan(prefix, options)),
+      watch: (prefix, onChange) => kv.watch(prefix, onChange),
+      openSession: (key, value, ttl) => kv.openSession(key, value, ttl),
+      close: () => kv.close(),
+    };
+  }
+
+  /** The block store, with every call timed. */
+  wrapStore(store: BlockStore): BlockStore {
+    const timed = <T>(fn: () => Promise<T>) => this.timed('dataMs', fn);
+    return {
+      kind: store.kind,
+      put: (id, data) => timed(() => store.put(id, data)),
+      get: (id) => timed(() => store.get(id)),
+      delete: (ids) => timed(() => store.delete(ids)),
+      list: (onBatch) => store.list(onBatch),
+      usage: () => store.usage(),
+      durabilityWarning: () => store.durabilityWarning(),
+      close: () => store.close(),
+    };
+  }
+
+  snapshot(): { uptimeMs: number; ops: Record<string, OpTimes>; background: OpTimes } {
+    return { uptimeMs: Date.now() - this.startedAt, ops: Object.fromEntries(this.ops), background: { ...this.background } };
+  }
+
+  reset(): void {
+    this.ops.clear();
+    Object.assign(this.background, emptyTimes());
+  }
+}
