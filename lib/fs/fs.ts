@@ -91,6 +91,7 @@ function checkName(name: string): void {
 export class Filesystem {
   private readonly entries = new Map<string, Cached<Entry>>();
   private readonly attrs = new Map<number, Cached<Attr>>();
+  private readonly xattrNames = new Map<number, Cached<Set<string>>>();
   private readonly files = new Map<number, OpenFile>();
   private readonly handles = new Map<number, Handle>();
   private nextHandle = 1;
@@ -411,11 +412,12 @@ export class Filesystem {
     for (const file of this.files.values()) file.poison(new FsError('EIO', `write-back data dropped: ${reason.message}`));
     this.entries.clear();
     this.attrs.clear();
+    this.xattrNames.clear();
   }
 
   /** Drops what a change made by any mount makes stale. */
   private applyChange(key: string, value: Buffer | undefined): void {
-    const m = /^([AO])([0-9a-f]{16})(?:([IDC])(.*))?$/s.exec(key);
+    const m = /^([AO])([0-9a-f]{16})(?:([IDCX])(.*))?$/s.exec(key);
     if (!m) return;
     const ino = parseInt(m[2], 16);
     if (m[1] === 'O') {
@@ -426,6 +428,7 @@ export class Filesystem {
     if (m[3] === 'I') this.attrs.delete(ino);
     else if (m[3] === 'D') this.entries.delete(this.entryKey(ino, m[4]));
     else if (m[3] === 'C') this.files.get(ino)?.forgetBlockMap();
+    else if (m[3] === 'X') this.xattrNames.delete(ino);
   }
 
   private deleteBlocks(ids: number[]): void {
@@ -548,25 +551,44 @@ export class Filesystem {
     this.checkXattrName(name);
     if (value.length > XATTR_SIZE_MAX) throw new FsError('E2BIG');
     const ino = await this.resolve(path);
+    this.xattrNames.delete(ino);
     await this.meta.setXattr(ino, name, Buffer.from(value), flags);
+    this.xattrNames.delete(ino);
     this.attrs.delete(ino);
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
     const ino = await this.resolve(path);
     if (name.startsWith('system.')) throw new FsError('ENODATA');
+    // The kernel asks for security.capability before every write; answer absent names from the
+    // cached name list instead of a round trip to the metadata store.
+    const names = await this.xattrNamesOf(ino);
+    if (names && !names.has(name)) throw new FsError('ENODATA', name);
     return this.meta.getXattr(ino, name);
   }
 
   async listxattr(path: string): Promise<string[]> {
-    return this.meta.listXattrs(await this.resolve(path));
+    const ino = await this.resolve(path);
+    return [...((await this.xattrNamesOf(ino)) ?? (await this.meta.listXattrs(ino)))];
+  }
+
+  /** An inode's xattr names, cached for attrCacheMs (undefined when caching is off). */
+  private async xattrNamesOf(ino: number): Promise<Set<string> | undefined> {
+    if (this.options.attrCacheMs <= 0) return undefined;
+    const cached = this.xattrNames.get(ino);
+    if (cached && cached.expires > Date.now()) return cached.value;
+    const names = new Set(await this.meta.listXattrs(ino));
+    this.xattrNames.set(ino, { value: names, expires: Date.now() + this.options.attrCacheMs });
+    return names;
   }
 
   async removexattr(path: string, name: string): Promise<void> {
     this.writable();
     this.checkXattrName(name);
     const ino = await this.resolve(path);
+    this.xattrNames.delete(ino);
     await this.meta.removeXattr(ino, name);
+    this.xattrNames.delete(ino);
     this.attrs.delete(ino);
   }
 

@@ -7,9 +7,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as tls from 'node:tls';
 
 export interface ServerProcess {
   readonly pid: number;
@@ -42,6 +44,31 @@ export interface RedisServer extends ServerProcess {
 export interface StartRedisOptions {
   /** Start with `--appendonly yes` (default false: `--save "" --appendonly no`). */
   appendonly?: boolean;
+  /** `--requirepass PASSWORD` (default: none). */
+  password?: string;
+  /**
+   * Serve TLS only (`--port 0 --tls-port PORT`) with these PEM files; `url` is then rediss://.
+   * `authClients` (default false) makes Redis demand a client certificate signed by `ca`;
+   * `client` is the certificate the readiness check presents then.
+   */
+  tls?: TlsServerFiles & { authClients?: boolean };
+}
+
+export interface StartEtcdOptions {
+  /**
+   * Serve clients over TLS (https:// listen URLs) with these PEM files; `endpoint` is then
+   * https://. `clientCertAuth` (default false) is etcd's --client-cert-auth (a client
+   * certificate signed by `ca` is required); `client` is what the readiness check presents.
+   */
+  tls?: TlsServerFiles & { clientCertAuth?: boolean };
+}
+
+/** PEM files of a TLS server (and of a client the readiness check may present). */
+export interface TlsServerFiles {
+  cert: string;
+  key: string;
+  ca: string;
+  client?: { cert: string; key: string };
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (the caller should retry on EADDRINUSE). */
@@ -220,9 +247,18 @@ function tempDir(kind: string): string {
 // ---------------------------------------------------------------------------------------------
 // etcd
 
-function etcdHealthy(endpoint: string): Promise<boolean> {
+function etcdHealthy(endpoint: string, tlsFiles?: TlsServerFiles): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = http.get(`${endpoint}/health`, { timeout: 1000 }, (res) => {
+    const get = tlsFiles ? https.get : http.get;
+    const options: https.RequestOptions = { timeout: 1000 };
+    if (tlsFiles) {
+      options.ca = fs.readFileSync(tlsFiles.ca);
+      if (tlsFiles.client) {
+        options.cert = fs.readFileSync(tlsFiles.client.cert);
+        options.key = fs.readFileSync(tlsFiles.client.key);
+      }
+    }
+    const req = get(`${endpoint}/health`, options, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
@@ -234,7 +270,7 @@ function etcdHealthy(endpoint: string): Promise<boolean> {
 }
 
 /** Starts a single-member etcd on free loopback ports in a fresh temp dir. */
-export async function startEtcd(): Promise<EtcdServer> {
+export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer> {
   let endpoint = '';
   let hostPort = '';
   let dataDir = '';
@@ -242,7 +278,7 @@ export async function startEtcd(): Promise<EtcdServer> {
     const dir = tempDir('etcd');
     const [clientPort, peerPort] = [await freePort(), await freePort()];
     hostPort = `127.0.0.1:${clientPort}`;
-    endpoint = `http://${hostPort}`;
+    endpoint = `${opts.tls ? 'https' : 'http'}://${hostPort}`;
     dataDir = path.join(dir, 'data');
     const peer = `http://127.0.0.1:${peerPort}`;
     const args = [
@@ -261,8 +297,12 @@ export async function startEtcd(): Promise<EtcdServer> {
       '--log-level', 'warn',
       '--logger', 'zap',
     ];
+    if (opts.tls) {
+      args.push('--cert-file', opts.tls.cert, '--key-file', opts.tls.key, '--trusted-ca-file', opts.tls.ca);
+      if (opts.tls.clientCertAuth) args.push('--client-cert-auth');
+    }
     const ep = endpoint;
-    return { cmd: 'etcd', args, dir, ready: () => etcdHealthy(ep) };
+    return { cmd: 'etcd', args, dir, ready: () => etcdHealthy(ep, opts.tls) };
   });
   return { ...makeControls(m), endpoint, hostPort, dataDir };
 }
@@ -270,17 +310,28 @@ export async function startEtcd(): Promise<EtcdServer> {
 // ---------------------------------------------------------------------------------------------
 // Redis
 
-function redisPing(port: number): Promise<boolean> {
+function redisPing(port: number, password?: string, tlsFiles?: TlsServerFiles): Promise<boolean> {
   return new Promise((resolve) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
+    const sock = tlsFiles
+      ? tls.connect({
+          host: '127.0.0.1',
+          port,
+          ca: fs.readFileSync(tlsFiles.ca),
+          ...(tlsFiles.client ? { cert: fs.readFileSync(tlsFiles.client.cert), key: fs.readFileSync(tlsFiles.client.key) } : {}),
+        })
+      : net.connect({ host: '127.0.0.1', port });
     let buf = '';
+    const expect = password === undefined ? '+PONG' : '+OK\r\n+PONG';
     sock.setTimeout(1000, () => sock.destroy());
-    sock.on('connect', () => sock.write('PING\r\n'));
+    sock.on(tlsFiles ? 'secureConnect' : 'connect', () => {
+      if (password !== undefined) sock.write(`*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(password)}\r\n${password}\r\n`);
+      sock.write('PING\r\n');
+    });
     sock.on('data', (d) => {
       buf += d.toString('utf8');
-      if (buf.includes('\r\n')) {
+      if (buf.split('\r\n').length > (password === undefined ? 1 : 2)) {
         sock.destroy();
-        resolve(buf.startsWith('+PONG'));
+        resolve(buf.startsWith(expect));
       }
     });
     sock.on('error', () => resolve(false));
@@ -296,7 +347,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
     dir = tempDir('redis');
     port = await freePort();
     const args = [
-      '--port', String(port),
+      ...(opts.tls ? ['--port', '0', '--tls-port', String(port)] : ['--port', String(port)]),
       '--bind', '127.0.0.1',
       '--dir', dir,
       '--save', '',
@@ -304,8 +355,13 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
       '--daemonize', 'no',
       '--loglevel', 'warning',
     ];
+    if (opts.password !== undefined) args.push('--requirepass', opts.password);
+    if (opts.tls) {
+      args.push('--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-ca-cert-file', opts.tls.ca);
+      args.push('--tls-auth-clients', opts.tls.authClients ? 'yes' : 'no');
+    }
     const p = port;
-    return { cmd: 'redis-server', args, dir, ready: () => redisPing(p) };
+    return { cmd: 'redis-server', args, dir, ready: () => redisPing(p, opts.password, opts.tls) };
   });
-  return { ...makeControls(m), url: `redis://127.0.0.1:${port}`, port, dir };
+  return { ...makeControls(m), url: `${opts.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`, port, dir };
 }
