@@ -1,6 +1,7 @@
 import { UsageError } from '../../lib/errors';
 import { formatVolume } from '../../lib/fs/volume';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
+import { BACKEND_HELP, BACKEND_OPTIONS, resolveBackends } from '../backend-options';
 import { defaultMetaUrl } from '../home';
 
 export const help = `Usage: kvfs format [--meta URL --data URL] [options]
@@ -12,21 +13,26 @@ Redis. Refuses to replace an existing volume unless --force.
 
 Options:
   --meta URL          where the volume's metadata lives:
-                      etcd://HOST:PORT[,HOST:PORT...]/VOLUME, or embedded (one
-                      host, no servers) file:///ABSOLUTE/DIR/VOLUME.
-                      Default: the embedded volume $KVFS_HOME/volumes/default
+                      etcd://[USER@]HOST:PORT[,HOST:PORT...]/VOLUME (TLS:
+                      etcd+https://...), or embedded (one host, no servers)
+                      file:///ABSOLUTE/DIR/VOLUME. Default: $KVFS_META, else
+                      the embedded volume $KVFS_HOME/volumes/default
                       ($KVFS_HOME defaults to ~/.kvfs)
-  --data URL          where its blocks live: redis://[USER:PASSWORD@]HOST:PORT[/DB]
-                      (a password is used, never stored). Needed for etcd;
+  --data URL          where its blocks live: redis://[USER@]HOST:PORT[/DB]
+                      (TLS: rediss://...); default $KVFS_DATA. The volume
+                      records it without its password. Needed for etcd;
                       embedded volumes keep blocks in their own directory
   --block-size SIZE   size of a data block, 64K to 4M (default 1M)
   --force             replace an existing volume of that name (its files are
                       lost; run 'kvfs gc' later to free its blocks)
   --backend-timeout SECONDS
                       fail when a backend does not answer in time (default 10)
-  -h, --help          show this help`;
+  -h, --help          show this help
+
+${BACKEND_HELP}`;
 
 const OPTIONS = {
+  ...BACKEND_OPTIONS,
   meta: { type: 'string' },
   data: { type: 'string' },
   'block-size': { type: 'string' },
@@ -37,8 +43,9 @@ const OPTIONS = {
 export async function formatCommand(argv: string[]): Promise<number> {
   const { values } = parse('format', argv, OPTIONS, { min: 0, max: 0, names: '' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta) ?? defaultMetaUrl();
-  const dataUrl = str(values.data);
+  const backends = resolveBackends(values);
+  const metaUrl = backends.metaUrl ?? defaultMetaUrl();
+  const dataUrl = backends.dataUrl;
   const blockSize = parseSize(str(values['block-size']) ?? '1M', '--block-size');
   if (blockSize < 64 * 1024 || blockSize > 4 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
     throw new UsageError(`--block-size must be a power of two from 64K to 4M, not ${formatSize(blockSize)}`);
@@ -49,6 +56,8 @@ export async function formatCommand(argv: string[]): Promise<number> {
     blockSize,
     force: Boolean(values.force),
     timeoutMs,
+    meta: backends.meta,
+    data: backends.data,
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
   });

@@ -8,23 +8,26 @@ import { Metrics } from '../../lib/fs/metrics';
 import { startSession } from '../../lib/fs/session';
 import { checkMountpoint, mount } from '../../lib/fuse/mount';
 import { formatSize, parse, parseSeconds, parseSize, str } from '../args';
+import { BACKEND_HELP, BACKEND_OPTIONS, backgroundLaunch, resolveBackends } from '../backend-options';
 import { defaultMetaUrl, kvfsHome, removeRunRecord, socketPath, writeRunRecord } from '../home';
 import { serveControl } from '../control';
 
 export const help = `Usage: kvfs mount [--meta URL] MOUNTPOINT [options]
 
-Mounts a volume made by 'kvfs format'. Without --meta it mounts the embedded
-default volume $KVFS_HOME/volumes/default, creating it on first use. Runs in the foreground, prints one line
+Mounts a volume made by 'kvfs format'. Without --meta (or $KVFS_META) it mounts
+the embedded default volume $KVFS_HOME/volumes/default, creating it on first use. Runs in the foreground, prints one line
 when the mount is ready, and stays until the filesystem is unmounted (umount,
 fusermount3 -u, kvfs umount) or it gets SIGINT/SIGTERM; then it commits what it
 holds, unmounts and exits 0.
 
 Options:
-  --meta URL            the volume: etcd://HOST:PORT[,HOST:PORT...]/VOLUME or
-                        file:///ABSOLUTE/DIR/VOLUME (embedded, one daemon at a time)
+  --meta URL            the volume: etcd://[USER@]HOST:PORT[,HOST:PORT...]/VOLUME
+                        (TLS: etcd+https://...) or file:///ABSOLUTE/DIR/VOLUME
+                        (embedded, one daemon at a time). Default: $KVFS_META
   --data URL            where blocks live, overriding the URL recorded by format
                         (another host may reach Redis at another address):
-                        redis://[USER:PASSWORD@]HOST:PORT[/DB]
+                        redis://[USER@]HOST:PORT[/DB] or rediss://... (TLS).
+                        Default: $KVFS_DATA, else the recorded URL
   -d, --background      return once the mount is ready; the daemon keeps running
                         and logs to --log
   --log FILE            log file in the background (default
@@ -63,9 +66,15 @@ Options:
   --backend-timeout SECONDS
                         a backend request not answered in this time fails the
                         operation with ETIMEDOUT (default 10)
-  -h, --help            show this help`;
+  -h, --help            show this help
+
+${BACKEND_HELP}
+
+With -d, the daemon gets any password through its environment, never on its
+command line.`;
 
 const OPTIONS = {
+  ...BACKEND_OPTIONS,
   meta: { type: 'string' },
   data: { type: 'string' },
   background: { type: 'boolean', short: 'd' },
@@ -83,14 +92,20 @@ const OPTIONS = {
   'session-ttl': { type: 'string' },
 } as const;
 
-/** -d: start this same command as a detached daemon and return when it reports the mount ready. */
+/**
+ * -d: start this same command as a detached daemon and return when it reports the mount ready.
+ * Passwords typed into --meta/--data URLs reach the daemon through its environment
+ * (KVFS_META_PASSWORD / KVFS_DATA_PASSWORD), so its command line, which `ps` shows to every
+ * user for as long as it runs, holds none.
+ */
 async function startInBackground(argv: string[], mountpoint: string, logFile: string | undefined): Promise<number> {
   const log = logFile ?? join(kvfsHome(), 'log', `mount-${basename(mountpoint) || 'root'}.log`);
   mkdirSync(resolve(log, '..'), { recursive: true });
   const out = openSync(log, 'a');
-  const args = argv.filter((a) => a !== '-d' && a !== '--background');
+  const { args, env } = backgroundLaunch(argv, ['-d', '--background']);
   const child = spawn(process.execPath, [require.main?.filename ?? process.argv[1], 'mount', ...args], {
     detached: true,
+    env,
     stdio: ['ignore', out, out, 'ipc'],
   });
   return new Promise((done) => {
@@ -113,7 +128,8 @@ async function startInBackground(argv: string[], mountpoint: string, logFile: st
 export async function mountCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse('mount', argv, OPTIONS, { min: 1, max: 1, names: 'a MOUNTPOINT' });
   if (values.help) return console.log(help), 0;
-  const metaGiven = str(values.meta);
+  const backends = resolveBackends(values);
+  const metaGiven = backends.metaUrl;
   const attrCache = parseSeconds(str(values['attr-cache']) ?? '1', '--attr-cache');
   const entryCache = parseSeconds(str(values['entry-cache']) ?? '1', '--entry-cache');
   const kernelCache = parseSeconds(str(values['kernel-cache']) ?? '0', '--kernel-cache');

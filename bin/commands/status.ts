@@ -3,6 +3,7 @@ import { openVolume, VolumeStatus, volumeStatus } from '../../lib/fs/volume';
 import { parseMetaUrl } from '../../lib/meta/index';
 import { askControl } from '../control';
 import { formatSize, parse, parseSeconds, str } from '../args';
+import { BACKEND_HELP, BACKEND_OPTIONS, resolveBackends } from '../backend-options';
 import { defaultMetaUrl, runRecords } from '../home';
 
 export const help = `Usage: kvfs status [--meta URL] [--json]
@@ -12,14 +13,21 @@ of it running on this host. For an embedded volume that is mounted, the mount
 daemon answers (it holds the volume).
 
 Options:
-  --meta URL     the volume (default: the embedded $KVFS_HOME/volumes/default)
+  --meta URL     the volume (default: $KVFS_META, else the embedded
+                 $KVFS_HOME/volumes/default)
+  --data URL     where its blocks are, if not at the URL recorded by format
+                 (default: $KVFS_DATA, else the recorded URL)
   --json         print the status as JSON
   --backend-timeout SECONDS
                  fail when a backend does not answer in time (default 10)
-  -h, --help     show this help`;
+  -h, --help     show this help
+
+${BACKEND_HELP}`;
 
 const OPTIONS = {
+  ...BACKEND_OPTIONS,
   meta: { type: 'string' },
+  data: { type: 'string' },
   json: { type: 'boolean' },
   'backend-timeout': { type: 'string' },
 } as const;
@@ -54,14 +62,15 @@ function print(status: VolumeStatus, mounts: Mount[]): void {
 export async function statusCommand(argv: string[]): Promise<number> {
   const { values } = parse('status', argv, OPTIONS, { min: 0, max: 0, names: '' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta) ?? defaultMetaUrl();
-  const describe = parseMetaUrl(metaUrl).describe;
+  const backends = resolveBackends(values);
+  const metaUrl = backends.metaUrl ?? defaultMetaUrl();
+  const describe = parseMetaUrl(metaUrl, backends.meta).describe;
   const timeoutMs = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout') * 1000;
   const mounts = runRecords().filter((r) => r.volume === describe);
 
   let status: VolumeStatus;
   try {
-    const volume = await openVolume(metaUrl, { timeoutMs });
+    const volume = await openVolume(metaUrl, { timeoutMs, dataUrl: backends.dataUrl, meta: backends.meta, data: backends.data });
     try {
       status = await volumeStatus(volume);
     } finally {

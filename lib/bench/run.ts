@@ -95,6 +95,7 @@ export interface BenchReport {
     os: string;
     node: string;
     loadAverageAtStart: number[];
+    loadAverageAtEnd?: number[];
   };
   config: {
     meta: string;
@@ -489,6 +490,9 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
         throw err;
       });
       try {
+        // Unmeasured warm-up: connections, JIT, the SQLite files' first pages.
+        await rawBlocks(store, blockSize, 4, 2, 'warm', c);
+        await rawTxn(kv, 20, 64, 8, 'warm', c);
         for (let rep = 0; rep < cfg.reps; rep++) {
           const b = await rawBlocks(store, blockSize, cfg.rawBlocks, cfg.blockParallel, `${rep}`, c);
           rec.add('raw', 'blockPut', { MBps: b.put.MBps, p50Ms: b.put.p50Ms, p99Ms: b.put.p99Ms, parallelMBps: b.put.parallelMBps });
@@ -641,6 +645,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     report.results = { kvfs: rec.figures('kvfs'), noop: rec.figures('noop'), raw: rec.figures('raw') };
     report.comparison = compare(report.results);
     report.finishedAt = new Date().toISOString();
+    report.machine.loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100);
     report.seconds = Math.round((performance.now() - t0) / 100) / 10;
     lastReport = report;
   }

@@ -24,6 +24,11 @@ export interface RedisBlocksOptions {
   password?: string;
   /** Database index (SELECT). Default 0. */
   db?: number;
+  /**
+   * Connect over TLS (rediss://) with these PEM buffers: `ca` replaces Node's default CAs when
+   * given; `cert` + `key` are a client certificate for servers with tls-auth-clients.
+   */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   /** Prepended to every block id to form the Redis key, e.g. 'kvfs:VOLUME_UUID:b:'. Required. */
   prefix: string;
   /** Connections in the pool. Default 4. */
@@ -111,6 +116,15 @@ export class RedisBlocks implements BlockStore {
       username: options.username,
       password: options.password,
       db: options.db ?? 0,
+      ...(options.tls
+        ? {
+            tls: {
+              ...(options.tls.ca ? { ca: options.tls.ca } : {}),
+              ...(options.tls.cert ? { cert: options.tls.cert } : {}),
+              ...(options.tls.key ? { key: options.tls.key } : {}),
+            },
+          }
+        : {}),
       connectionName: 'kvfs-blocks',
       lazyConnect: true,
       commandTimeout: timeoutMs,
@@ -123,9 +137,16 @@ export class RedisBlocks implements BlockStore {
     };
     this.conns = Array.from({ length: n }, () => {
       const conn: Conn = { redis: new Redis(redisOptions), inFlight: 0 };
-      // Without a listener ioredis logs every connection error; keep the last one for messages.
+      // Without a listener ioredis logs every connection error; keep the last one for messages,
+      // but not ioredis's own follow-up ("Reached the max retries ...", a command failed because
+      // the connection had just failed), which would hide why it failed (TLS, WRONGPASS).
       conn.redis.on('error', (err: Error) => {
+        if (conn.lastError && /Reached the max retries|Connection is closed/i.test(err.message)) return;
         conn.lastError = err;
+      });
+      // Once ready, later failures are news again.
+      conn.redis.on('ready', () => {
+        conn.lastError = undefined;
       });
       return conn;
     });

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { FsError, UsageError } from '../errors';
-import { openBlockStore } from '../data/index';
+import { openBlockStore, stripPassword, type BackendSecurity } from '../data/index';
 import type { BlockStore } from '../data/store';
 import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta, SessionInfo, VolumeSummary } from '../meta/meta';
@@ -22,7 +22,13 @@ export interface Volume {
   close(): Promise<void>;
 }
 
-export interface OpenOptions {
+/** Passwords and TLS material for the two backends (never stored, never shown). */
+export interface VolumeSecurity {
+  meta?: BackendSecurity;
+  data?: BackendSecurity;
+}
+
+export interface OpenOptions extends VolumeSecurity {
   /** Overrides the data URL recorded at format time. */
   dataUrl?: string;
   /** Bound on every backend request, ms. */
@@ -34,15 +40,15 @@ export interface OpenOptions {
 }
 
 /** The embedded block store lives beside the embedded metadata, in the volume's directory. */
-function embeddedDataUrl(metaUrl: string): string | undefined {
-  const parsed = parseMetaUrl(metaUrl);
+function embeddedDataUrl(metaUrl: string, security?: BackendSecurity): string | undefined {
+  const parsed = parseMetaUrl(metaUrl, security);
   return parsed.scheme === 'file' ? pathToFileURL(parsed.dir).href : undefined;
 }
 
 /** Where a volume's blocks are: the override, else beside embedded metadata, else as recorded. */
-function dataUrlFor(metaUrl: string, settings: VolumeSettings, override: string | undefined): string {
+function dataUrlFor(metaUrl: string, settings: VolumeSettings, override: string | undefined, security?: BackendSecurity): string {
   if (override) return override;
-  if (settings.dataUrl.startsWith('file:')) return embeddedDataUrl(metaUrl) ?? settings.dataUrl;
+  if (settings.dataUrl.startsWith('file:')) return embeddedDataUrl(metaUrl, security) ?? settings.dataUrl;
   return settings.dataUrl;
 }
 
@@ -56,9 +62,12 @@ function explainBusy(err: unknown, describe: string): unknown {
   return err;
 }
 
-/** The data URL with any password removed: what gets stored in the volume settings. */
+/**
+ * The data URL with any password removed (a user name stays): what gets stored in the volume
+ * settings and shown by status. Works for every scheme (redis://, rediss://, etcd+https://, ...).
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z]+:\/\/)([^@/]*)@/i, (_, scheme: string, cred: string) => `${scheme}${cred.split(':')[0] ? cred.split(':')[0] + '@' : ''}`);
+  return stripPassword(url);
 }
 
 async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefined>): Promise<void> {
@@ -66,8 +75,8 @@ async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefi
 }
 
 export async function openVolume(metaUrl: string, options: OpenOptions): Promise<Volume> {
-  const opened = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
-    throw explainBusy(err, parseMetaUrl(metaUrl).describe);
+  const opened = await openKv(metaUrl, { timeoutMs: options.timeoutMs, security: options.meta }).catch((err) => {
+    throw explainBusy(err, parseMetaUrl(metaUrl, options.meta).describe);
   });
   const { volume, describe } = opened;
   const kv = options.metrics ? options.metrics.wrapKv(opened.kv) : opened.kv;
@@ -75,13 +84,13 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
   try {
     const create = options.createIfMissing;
     if (create && !(await Meta.loadSettings(kv, describe))) {
-      const settings = newSettings(volume, options.dataUrl ?? embeddedDataUrl(metaUrl) ?? '', create.blockSize);
+      const settings = newSettings(volume, options.dataUrl ?? embeddedDataUrl(metaUrl, options.meta) ?? '', create.blockSize);
       await Meta.format(kv, settings, { uid: create.uid, gid: create.gid }, false);
       create.onCreate(settings);
     }
     const meta = await Meta.open(kv, describe);
-    const dataUrl = dataUrlFor(metaUrl, meta.settings, options.dataUrl);
-    store = await openBlockStore(dataUrl, meta.settings.uuid, { timeoutMs: options.timeoutMs }).catch(
+    const dataUrl = dataUrlFor(metaUrl, meta.settings, options.dataUrl, options.meta);
+    store = await openBlockStore(dataUrl, meta.settings.uuid, { timeoutMs: options.timeoutMs, security: options.data }).catch(
       (err) => {
         throw explainBusy(err, describe);
       },
@@ -112,7 +121,7 @@ function newSettings(name: string, dataUrl: string, blockSize: number): VolumeSe
   };
 }
 
-export interface FormatOptions {
+export interface FormatOptions extends VolumeSecurity {
   /** Where blocks go; default (embedded metadata only): beside the metadata. */
   dataUrl?: string;
   blockSize: number;
@@ -124,10 +133,10 @@ export interface FormatOptions {
 }
 
 export async function formatVolume(metaUrl: string, options: FormatOptions): Promise<VolumeSettings> {
-  const dataUrl = options.dataUrl ?? embeddedDataUrl(metaUrl);
-  if (!dataUrl) throw new UsageError('kvfs format needs --data URL for an etcd volume (e.g. redis://127.0.0.1:6379)');
-  const { kv, volume, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs }).catch((err) => {
-    throw explainBusy(err, parseMetaUrl(metaUrl).describe);
+  const dataUrl = options.dataUrl ?? embeddedDataUrl(metaUrl, options.meta);
+  if (!dataUrl) throw new UsageError('kvfs format needs --data URL (or KVFS_DATA) for an etcd volume (e.g. redis://127.0.0.1:6379)');
+  const { kv, volume, describe } = await openKv(metaUrl, { timeoutMs: options.timeoutMs, security: options.meta }).catch((err) => {
+    throw explainBusy(err, parseMetaUrl(metaUrl, options.meta).describe);
   });
   const settings = newSettings(volume, dataUrl, options.blockSize);
   let store: BlockStore | undefined;
@@ -137,7 +146,7 @@ export async function formatVolume(metaUrl: string, options: FormatOptions): Pro
     const existing = options.force ? await Meta.loadSettings(kv, describe) : undefined;
     if (existing) settings.uuid = existing.uuid;
     // Make sure the data store answers before anything is written.
-    store = await openBlockStore(dataUrl, settings.uuid, { timeoutMs: options.timeoutMs }).catch((err) => {
+    store = await openBlockStore(dataUrl, settings.uuid, { timeoutMs: options.timeoutMs, security: options.data }).catch((err) => {
       throw explainBusy(err, describe);
     });
     await store.get('0');

@@ -45,6 +45,11 @@ export interface EtcdKvOptions {
   prefix: string;
   /** etcd user name and password, when etcd has auth enabled. */
   auth?: { username: string; password: string };
+  /**
+   * Connect over TLS with these PEM buffers: `ca` (default: Node's built-in CAs) and optionally a
+   * client certificate `cert` + `key` (etcd's --client-cert-auth). Hosts are then 'https://...'.
+   */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   /** Time limit in ms for each etcd request (and for setting up a watch). Default 10000. */
   timeoutMs?: number;
   /** How many times txn() runs a conflicting function before failing with EAGAIN. Default 50. */
@@ -133,6 +138,25 @@ export function etcdError(err: unknown, what: string): FsError {
   }
   if (isRecoverableError(e)) return make('EIO', msg, true);
   return make('EIO', msg);
+}
+
+let ipServerNameWarningQuieted = false;
+
+/**
+ * grpc-js always sends the target host as the TLS server name, also when it is an IP address,
+ * and Node then prints "DeprecationWarning: Setting the TLS ServerName to an IP address is not
+ * permitted by RFC 6066" (DEP0123) on stderr. The certificate is still checked against the
+ * address (IP SANs), so the warning says nothing the user can act on: drop that one warning.
+ */
+function quietIpServerNameWarning(hosts: string[]): void {
+  if (ipServerNameWarningQuieted || !hosts.some((h) => /^(https?:\/\/)?(\[[0-9a-f:.]+\]|\d+\.\d+\.\d+\.\d+)(:\d+)?$/i.test(h))) return;
+  ipServerNameWarningQuieted = true;
+  const original = process.emitWarning;
+  process.emitWarning = function emitWarning(this: unknown, warning: string | Error, ...rest: unknown[]) {
+    const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: unknown }).code : rest[1];
+    if (code === 'DEP0123') return;
+    return (original as (...args: unknown[]) => void).call(process, warning, ...rest);
+  } as typeof process.emitWarning;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -350,9 +374,14 @@ export class EtcdKv implements KvEngine {
     this.prefix = options.prefix;
     this.prefixBuf = utf8(options.prefix);
     const timeoutMs = this.timeoutMs;
+    if (options.tls) quietIpServerNameWarning(options.hosts);
     this.client = new Etcd3({
       hosts: options.hosts,
       auth: options.auth,
+      // grpc's createSsl(rootCerts, privateKey, certChain); null root certs = the default CAs.
+      credentials: options.tls
+        ? ({ rootCertificate: options.tls.ca ?? null, privateKey: options.tls.key, certChain: options.tls.cert } as unknown as IOptions['credentials'])
+        : undefined,
       // gRPC's default 4 MiB limit on received messages is too small for big watch batches.
       grpcOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 },
       // Each unary call (token requests included) carries a gRPC deadline; streams (watch) do not.

@@ -171,7 +171,10 @@ export class Meta {
 
   static async open(kv: KvEngine, describe: string): Promise<Meta> {
     const settings = await Meta.loadSettings(kv, describe);
-    if (!settings) throw new UsageError(`no volume at ${describe}; create it with 'kvfs format --meta ${describe} --data URL'`);
+    if (!settings) {
+      const data = describe.startsWith('file:') ? '' : ' --data URL';
+      throw new UsageError(`no volume at ${describe}; create it with 'kvfs format --meta ${describe}${data}'`);
+    }
     return new Meta(kv, settings);
   }
 
