@@ -9,6 +9,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import { request } from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -23,6 +24,7 @@ import {
   Canceller,
   median,
   MiB,
+  type Probe,
   randomRead,
   rawBlocks,
   rawTxn,
@@ -114,7 +116,29 @@ export interface BenchReport {
   };
   results: { kvfs: Figures; noop: Figures; raw: Figures };
   comparison: Comparison[];
+  /**
+   * Where the kvfs daemon spent each measured loop, from its own timers (control socket
+   * /metrics, reset before the loop): per FUSE operation the count and the time in the handler,
+   * of which waiting on the metadata engine and on the block store; background = backend time
+   * outside any operation (write-back commits, deletes). One entry per repetition.
+   */
+  breakdown: Record<string, Breakdown[]>;
   error?: string;
+}
+
+export interface OpTimes {
+  count: number;
+  errors: number;
+  totalMs: number;
+  metaMs: number;
+  dataMs: number;
+}
+
+export interface Breakdown {
+  /** Wall time of the measured loop in the bench process. */
+  wallMs: number;
+  ops: Record<string, OpTimes>;
+  background: OpTimes;
 }
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -296,6 +320,70 @@ function makeTarget(
   return target;
 }
 
+/** GET a path from a kvfs daemon's control socket (HTTP on a unix socket, JSON). */
+function askDaemon<T>(socket: string, urlPath: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: socket, path: urlPath, timeout: 10_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => {
+        if (res.statusCode !== 200) return reject(new Error(`${urlPath}: status ${res.statusCode}`));
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString()) as T);
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The control socket of the daemon serving mnt, from the run records in KVFS_HOME/run. */
+function controlSocket(home: string, mnt: string): string | undefined {
+  const dir = path.join(home, 'run');
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n.endsWith('.json'));
+  } catch {
+    return undefined;
+  }
+  for (const name of names) {
+    try {
+      const record = JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8')) as { mountpoint?: string; socket?: string };
+      if (record.mountpoint === mnt && record.socket) return record.socket;
+    } catch {
+      // being written
+    }
+  }
+  return undefined;
+}
+
+/**
+ * A probe that resets the kvfs daemon's timers before a measured loop and records them after it.
+ * Does nothing when the daemon has no /metrics endpoint.
+ */
+function daemonProbe(home: string, mnt: string, record: (name: string, b: Breakdown) => void): Probe {
+  let started = 0;
+  let working = true;
+  return {
+    async start() {
+      const socket = working ? controlSocket(home, mnt) : undefined;
+      if (socket) await askDaemon(socket, '/metrics/reset').catch(() => (working = false));
+      started = performance.now();
+    },
+    async stop(name) {
+      const wallMs = performance.now() - started;
+      const socket = working ? controlSocket(home, mnt) : undefined;
+      if (!socket) return;
+      const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes }>(socket, '/metrics').catch(() => undefined);
+      if (snap?.ops) record(name, { wallMs, ops: snap.ops, background: snap.background });
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
@@ -452,6 +540,17 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     },
     results: { kvfs: {}, noop: {}, raw: {} },
     comparison: [],
+    breakdown: {},
+  };
+  const kvfsHome = env.KVFS_HOME!;
+  const probeOf = (t: Target): Probe | undefined =>
+    t.name === 'kvfs' ? daemonProbe(kvfsHome, t.mnt, (name, b) => (report.breakdown[name] ??= []).push(b)) : undefined;
+  const probed = async <T>(t: Target, name: string, fn: () => Promise<T>): Promise<T> => {
+    const p = probeOf(t);
+    await p?.start();
+    const result = await fn();
+    await p?.stop(name);
+    return result;
   };
 
   const targets: Target[] = [];
@@ -548,7 +647,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       for (let rep = 0; rep < reps; rep++) {
         for (const t of targets) {
           c.check();
-          const r = await seqWrite(bigOf(t, rep), cfg.size, c);
+          const r = await probed(t, 'seqWrite', () => seqWrite(bigOf(t, rep), cfg.size, c));
           if (rep > 0) fs.unlinkSync(bigOf(t, rep - 1));
           if (has('write')) {
             rec.add(t.name, 'seqWrite', { MBps: r.MBps });
@@ -568,8 +667,8 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
           await t.unmount();
           await t.mount();
           t.restore(big(t), cfg.size);
-          const cold = await seqRead(big(t), cfg.size, c);
-          const warm = await seqRead(big(t), cfg.size, c);
+          const cold = await probed(t, 'seqReadCold', () => seqRead(big(t), cfg.size, c));
+          const warm = await probed(t, 'seqReadWarm', () => seqRead(big(t), cfg.size, c));
           rec.add(t.name, 'seqReadCold', { MBps: cold.MBps });
           rec.add(t.name, 'seqReadWarm', { MBps: warm.MBps });
           log(`seq read  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} cold (after remount) ${fmt(cold.MBps, '')} MB/s, warm ${fmt(warm.MBps, '')} MB/s`);
@@ -585,7 +684,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
           await t.unmount();
           await t.mount();
           t.restore(big(t), cfg.size);
-          const r = await randomRead(big(t), cfg.size, cfg.randomOps, cfg.randomMs, 1000 + rep, c);
+          const r = await probed(t, 'randomRead', () => randomRead(big(t), cfg.size, cfg.randomOps, cfg.randomMs, 1000 + rep, c));
           rec.add(t.name, 'randomRead', { opsPerSec: r.opsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms });
           log(`4 KiB random read (after remount)  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} ${fmt(r.opsPerSec, '')}/s, p50 ${fmt(r.p50Ms, 'ms')} ms, p99 ${fmt(r.p99Ms, 'ms')} ms (${r.ops} reads)`);
         }
@@ -596,7 +695,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       for (let rep = 0; rep < cfg.reps; rep++) {
         for (const t of targets) {
           c.check();
-          const r = await smallFiles(path.join(t.mnt, `small-${rep}`), cfg.smallFiles, c);
+          const r = await smallFiles(path.join(t.mnt, `small-${rep}`), cfg.smallFiles, c, probeOf(t));
           rec.add(t.name, 'smallFiles', { createPerSec: r.createPerSec, readPerSec: r.readPerSec, statPerSec: r.statPerSec, unlinkPerSec: r.unlinkPerSec });
           log(
             `small files x${r.files}  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} create+write+close ${fmt(r.createPerSec, '')}/s, ` +
@@ -610,7 +709,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       for (let rep = 0; rep < cfg.reps; rep++) {
         for (const t of targets) {
           c.check();
-          const r = await appendFsync(path.join(t.mnt, `append-${rep}`), cfg.appends, c);
+          const r = await probed(t, 'appendFsync', () => appendFsync(path.join(t.mnt, `append-${rep}`), cfg.appends, c));
           rec.add(t.name, 'appendFsync', { p50Ms: r.p50Ms, p99Ms: r.p99Ms, opsPerSec: r.opsPerSec });
           log(`append 4 KiB + fsync x${r.ops}  rep ${rep + 1}/${cfg.reps}  ${pad(t.label)} p50 ${fmt(r.p50Ms, 'ms')} ms, p99 ${fmt(r.p99Ms, 'ms')} ms`);
         }

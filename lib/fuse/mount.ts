@@ -114,6 +114,8 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
     // Keep the kernel's page cache across opens while a file's size and mtime are unchanged
     // (libfuse checks them with fgetattr after our open, which has just re-read them).
     'auto_cache',
+    // Like mount(8) and fuse3: a mount may cover a directory that has files in it.
+    'nonempty',
   ];
   if (options.readOnly) extra.push('ro');
   let fuse: FuseInstance | undefined;
