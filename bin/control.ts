@@ -2,12 +2,14 @@
 // `kvfs status` asks it when the daemon holds the volume (an embedded volume can be opened by one
 // process only), and later tools (metrics, the lab) read from it.
 
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { createServer, request, Server } from 'node:http';
 
 export type Routes = Record<string, () => Promise<unknown>>;
 
 export async function serveControl(socket: string, routes: Routes): Promise<Server> {
+  mkdirSync(dirname(socket), { recursive: true });
   rmSync(socket, { force: true });
   const server = createServer((req, res) => {
     const route = routes[req.url ?? ''];

@@ -152,7 +152,9 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const metrics = new Metrics();
   const volume = await openVolume(metaUrl, {
     metrics,
-    dataUrl: str(values.data),
+    dataUrl: backends.dataUrl,
+    meta: backends.meta,
+    data: backends.data,
     timeoutMs: backendTimeout * 1000,
     // Zero set-up: the default embedded volume is created on first mount.
     createIfMissing: metaGiven

@@ -371,14 +371,14 @@ function daemonProbe(home: string, mnt: string, record: (name: string, b: Breakd
   return {
     async start() {
       const socket = working ? controlSocket(home, mnt) : undefined;
-      if (socket) await askDaemon(socket, '/metrics/reset').catch(() => (working = false));
+      if (socket) await askDaemon(socket, '/metrics/reset').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe reset', e); working = false; });
       started = performance.now();
     },
     async stop(name) {
       const wallMs = performance.now() - started;
       const socket = working ? controlSocket(home, mnt) : undefined;
       if (!socket) return;
-      const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes }>(socket, '/metrics').catch(() => undefined);
+      const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes }>(socket, '/metrics').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe', e); return undefined; });
       if (snap?.ops) record(name, { wallMs, ops: snap.ops, background: snap.background });
     },
   };
@@ -804,6 +804,18 @@ export function compare(r: BenchReport['results']): Comparison[] {
   return out;
 }
 
+const BREAKDOWN_LABELS: Record<string, string> = {
+  seqWrite: 'seq write + fsync',
+  seqReadCold: 'seq read, cold',
+  seqReadWarm: 'seq read, warm',
+  randomRead: '4 KiB random read',
+  smallCreate: 'small: create+write',
+  smallRead: 'small: read',
+  smallStat: 'small: stat',
+  smallUnlink: 'small: unlink',
+  appendFsync: 'append + fsync',
+};
+
 /** The table printed at the end of a run. */
 export function formatReport(report: BenchReport): string {
   const lines: string[] = [];
@@ -853,6 +865,28 @@ export function formatReport(report: BenchReport): string {
       lines.push(
         `  metadata txn (read-modify-write): p50 ${fmt(g('txn', 'p50Ms'), 'ms')} ms, p99 ${fmt(g('txn', 'p99Ms'), 'ms')} ms, ` +
           `${fmt(g('txn', 'seqPerSec'), '')}/s one at a time, ${fmt(g('txn', 'perSec'), '')}/s with ${c.raw.concurrency} concurrent`,
+      );
+    }
+  }
+  const names = Object.keys(report.breakdown);
+  if (names.length > 0) {
+    lines.push('');
+    lines.push('Where the kvfs daemon spent each loop (its own timers, last repetition): wall time of the loop;');
+    lines.push('FUSE requests by op; time inside the handlers = waiting on metadata + blocks + the rest (daemon');
+    lines.push('code, copies, event loop); background = backend time outside requests (commits, deletes).');
+    const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    for (const name of names) {
+      const b = report.breakdown[name][report.breakdown[name].length - 1];
+      const ops = Object.entries(b.ops).sort((x, y) => y[1].count - x[1].count);
+      const sum = (k: keyof OpTimes) => ops.reduce((acc, [, o]) => acc + o[k], 0);
+      const total = sum('totalMs');
+      const meta = sum('metaMs');
+      const data = sum('dataMs');
+      const opList = ops.slice(0, 5).map(([op, o]) => `${op} ${o.count}`).join(', ');
+      lines.push(
+        `  ${(BREAKDOWN_LABELS[name] ?? name).padEnd(22)} wall ${s(b.wallMs)}; ${sum('count')} requests (${opList}); ` +
+          `in handlers ${s(total)} = metadata ${s(meta)} + blocks ${s(data)} + rest ${s(total - meta - data)}; ` +
+          `background: metadata ${s(b.background.metaMs)}, blocks ${s(b.background.dataMs)}`,
       );
     }
   }
