@@ -3,6 +3,9 @@
 import { UsageError } from '../lib/errors';
 import { benchCommand, help as benchHelp } from './commands/bench';
 import { formatCommand, help as formatHelp } from './commands/format';
+import { labCommand, help as labHelp } from './commands/lab';
+import { fsckCommand, help as fsckHelp } from './commands/fsck';
+import { gcCommand, help as gcHelp } from './commands/gc';
 import { mountCommand, help as mountHelp } from './commands/mount';
 import { statusCommand, help as statusHelp } from './commands/status';
 import { umountCommand, help as umountHelp } from './commands/umount';
@@ -12,7 +15,10 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   mount: { run: mountCommand, help: mountHelp, summary: 'mount a volume (foreground; -d for background)' },
   umount: { run: umountCommand, help: umountHelp, summary: 'unmount and wait for the daemon to finish' },
   status: { run: statusCommand, help: statusHelp, summary: "show a volume's settings, usage and mounts" },
+  fsck: { run: fsckCommand, help: fsckHelp, summary: 'check a volume and report problems with their paths (--repair to fix)' },
+  gc: { run: gcCommand, help: gcHelp, summary: 'find and delete blocks no file references (dry run unless --delete)' },
   bench: { run: benchCommand, help: benchHelp, summary: 'measure kvfs against a no-op FUSE filesystem and the raw backends' },
+  lab: { run: labCommand, help: labHelp, summary: 'measure where consistency and latency break down (report.html)' },
 };
 
 function usage(): string {
