@@ -41,6 +41,8 @@ Options:
                     the machine and the command to FILE
   --quick           a small run (64M, 1 repetition, fewer files and operations)
                     that finishes in well under a minute
+  --files N         small files per repetition (default 1000; 100 with --quick)
+  --appends N       appends per repetition (default 300; 30 with --quick)
   --reps N          repetitions of each measurement (default 3; 1 with --quick)
   --phases LIST     only these, comma-separated, of: ${PHASES.join(', ')}
                     (default all; read and random write the file unmeasured
@@ -57,6 +59,8 @@ const OPTIONS = {
   json: { type: 'string' },
   quick: { type: 'boolean' },
   reps: { type: 'string' },
+  files: { type: 'string' },
+  appends: { type: 'string' },
   phases: { type: 'string' },
   profile: { type: 'string' },
 } as const;
@@ -68,8 +72,14 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const size = parseSize(str(values.size) ?? (quick ? '64M' : '1G'), '--size');
   if (size < 1024 * 1024) throw new UsageError(`--size must be at least 1M, not ${str(values.size)}`);
   if (size % 4096 !== 0) throw new UsageError('--size must be a multiple of 4K');
-  const repsText = str(values.reps) ?? (quick ? '1' : '3');
-  if (!/^\d{1,3}$/.test(repsText) || Number(repsText) < 1) throw new UsageError(`--reps must be a whole number from 1 to 999, not '${repsText}'`);
+  const count = (option: string, fallback: number, max: number): number => {
+    const text = str(values[option]) ?? String(fallback);
+    if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max) throw new UsageError(`--${option} must be a whole number from 1 to ${max}, not '${text}'`);
+    return Number(text);
+  };
+  const reps = count('reps', quick ? 1 : 3, 100);
+  const files = count('files', quick ? 100 : 1000, 1_000_000);
+  const appends = count('appends', quick ? 30 : 300, 1_000_000);
   let phases: Phase[] = [...PHASES];
   const phaseText = str(values.phases);
   if (phaseText !== undefined) {
@@ -104,9 +114,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
       dataUrl: str(values.data),
       size,
       quick,
-      reps: Number(repsText),
-      smallFiles: quick ? 100 : 1000,
-      appends: quick ? 30 : 300,
+      reps,
+      smallFiles: files,
+      appends,
       randomOps: quick ? 2000 : 20000,
       randomMs: quick ? 1000 : 5000,
       rawBlocks: quick ? 16 : 64,

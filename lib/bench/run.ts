@@ -117,12 +117,13 @@ export interface BenchReport {
   results: { kvfs: Figures; noop: Figures; raw: Figures };
   comparison: Comparison[];
   /**
-   * Where the kvfs daemon spent each measured loop, from its own timers (control socket
-   * /metrics, reset before the loop): per FUSE operation the count and the time in the handler,
-   * of which waiting on the metadata engine and on the block store; background = backend time
-   * outside any operation (write-back commits, deletes). One entry per repetition.
+   * Where the time of each measured loop went, per filesystem and loop, one entry per
+   * repetition: CPU time of the daemon process (all its threads) and of the bench process, and
+   * for kvfs its own timers (control socket /metrics, reset before the loop): per FUSE
+   * operation the count and the time in the handler, of which waiting on the metadata engine
+   * and on the block store; background = backend time outside any operation.
    */
-  breakdown: Record<string, Breakdown[]>;
+  breakdown: { kvfs: Record<string, Breakdown[]>; noop: Record<string, Breakdown[]> };
   error?: string;
 }
 
@@ -137,8 +138,12 @@ export interface OpTimes {
 export interface Breakdown {
   /** Wall time of the measured loop in the bench process. */
   wallMs: number;
-  ops: Record<string, OpTimes>;
-  background: OpTimes;
+  /** CPU seconds (user + system, all threads) of the daemon serving the mount, and of the bench. */
+  daemonCpuS?: number;
+  benchCpuS: number;
+  /** kvfs only: the daemon's own timers. */
+  ops?: Record<string, OpTimes>;
+  background?: OpTimes;
 }
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -264,6 +269,8 @@ interface Target {
   unmount(): Promise<void>;
   /** After a remount: make sure the big file exists (the no-op filesystem forgets everything). */
   restore(file: string, size: number): void;
+  /** Pid of the daemon serving the mount now. */
+  pid(): number | undefined;
 }
 
 function makeTarget(
@@ -311,6 +318,7 @@ function makeTarget(
       live.mounts.delete(mnt);
       if (d && d.running) throw new Error(`${label} daemon (pid ${d.pid}) did not exit`);
     },
+    pid: () => daemon?.pid,
     restore(file, size) {
       if (name !== 'noop') return;
       fs.writeFileSync(file, '');
@@ -361,25 +369,51 @@ function controlSocket(home: string, mnt: string): string | undefined {
   return undefined;
 }
 
+/** CPU seconds (user + system, all threads) a process has used, from /proc/PID/stat. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (!pid || pid < 0) return undefined;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+/** USER_HZ: 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100;
+
 /**
- * A probe that resets the kvfs daemon's timers before a measured loop and records them after it.
- * Does nothing when the daemon has no /metrics endpoint.
+ * A probe around a measured loop: CPU time of the daemon and of the bench, and for kvfs the
+ * daemon's timers (reset before, read after; skipped when it has no /metrics endpoint).
  */
-function daemonProbe(home: string, mnt: string, record: (name: string, b: Breakdown) => void): Probe {
+function daemonProbe(home: string | undefined, mnt: string, pid: () => number | undefined, record: (name: string, b: Breakdown) => void): Probe {
   let started = 0;
-  let working = true;
+  let cpu0: number | undefined;
+  let bench0 = process.cpuUsage();
+  let working = home !== undefined;
   return {
     async start() {
-      const socket = working ? controlSocket(home, mnt) : undefined;
+      const socket = working ? controlSocket(home!, mnt) : undefined;
       if (socket) await askDaemon(socket, '/metrics/reset').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe reset', e); working = false; });
+      cpu0 = cpuSeconds(pid());
+      bench0 = process.cpuUsage();
       started = performance.now();
     },
     async stop(name) {
       const wallMs = performance.now() - started;
-      const socket = working ? controlSocket(home, mnt) : undefined;
+      const cpu1 = cpuSeconds(pid());
+      const bench = process.cpuUsage(bench0);
+      const entry: Breakdown = {
+        wallMs,
+        daemonCpuS: cpu0 !== undefined && cpu1 !== undefined ? cpu1 - cpu0 : undefined,
+        benchCpuS: (bench.user + bench.system) / 1e6,
+      };
+      record(name, entry);
+      const socket = working ? controlSocket(home!, mnt) : undefined;
       if (!socket) return;
       const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes }>(socket, '/metrics').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe', e); return undefined; });
-      if (snap?.ops) record(name, { wallMs, ops: snap.ops, background: snap.background });
+      if (snap?.ops) Object.assign(entry, { ops: snap.ops, background: snap.background });
     },
   };
 }
@@ -513,7 +547,16 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
   const env: NodeJS.ProcessEnv = { ...process.env, KVFS_HOME: path.join(tmp, 'home') };
   delete env.NODE_OPTIONS;
 
-  const plan = planVolume(cfg, tmp);
+  let plan: ReturnType<typeof planVolume>;
+  try {
+    plan = planVolume(cfg, tmp);
+  } catch (err) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    live.dirs.delete(tmp);
+    for (const s of sigs) process.off(s, onSignal);
+    process.off('exit', emergencyCleanup);
+    throw err;
+  }
   for (const d of plan.embeddedDirs) live.dirs.add(d);
   const report: BenchReport = {
     tool: 'kvfs bench',
@@ -540,16 +583,16 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     },
     results: { kvfs: {}, noop: {}, raw: {} },
     comparison: [],
-    breakdown: {},
+    breakdown: { kvfs: {}, noop: {} },
   };
   const kvfsHome = env.KVFS_HOME!;
-  const probeOf = (t: Target): Probe | undefined =>
-    t.name === 'kvfs' ? daemonProbe(kvfsHome, t.mnt, (name, b) => (report.breakdown[name] ??= []).push(b)) : undefined;
+  const probeOf = (t: Target): Probe =>
+    daemonProbe(t.name === 'kvfs' ? kvfsHome : undefined, t.mnt, () => t.pid(), (name, b) => (report.breakdown[t.name][name] ??= []).push(b));
   const probed = async <T>(t: Target, name: string, fn: () => Promise<T>): Promise<T> => {
     const p = probeOf(t);
-    await p?.start();
+    await p.start();
     const result = await fn();
-    await p?.stop(name);
+    await p.stop(name);
     return result;
   };
 
@@ -868,15 +911,26 @@ export function formatReport(report: BenchReport): string {
       );
     }
   }
-  const names = Object.keys(report.breakdown);
+  const names = Object.keys(report.breakdown.kvfs);
   if (names.length > 0) {
+    const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    const cpu = (list: Breakdown[] | undefined) => {
+      if (!list?.length) return '-';
+      const wall = median(list.map((b) => b.wallMs));
+      const d = median(list.map((b) => b.daemonCpuS ?? NaN));
+      const own = median(list.map((b) => b.benchCpuS));
+      return `wall ${sec(wall)}, daemon CPU ${Number.isFinite(d) ? d.toFixed(2) : '-'} s, bench CPU ${own.toFixed(2)} s`;
+    };
     lines.push('');
-    lines.push('Where the kvfs daemon spent each loop (its own timers, last repetition): wall time of the loop;');
-    lines.push('FUSE requests by op; time inside the handlers = waiting on metadata + blocks + the rest (daemon');
-    lines.push('code, copies, event loop); background = backend time outside requests (commits, deletes).');
-    const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    lines.push('Where the time went, per measured loop (medians): wall time, CPU time of the daemon (all its threads)');
+    lines.push('and of the bench process; then the kvfs daemon\'s own timers (last repetition): FUSE requests by op,');
+    lines.push('time inside handlers = waiting on metadata + on blocks + the rest (daemon code, copies, GC), and');
+    lines.push('backend time outside any request (background commits, deletes).');
     for (const name of names) {
-      const b = report.breakdown[name][report.breakdown[name].length - 1];
+      const list = report.breakdown.kvfs[name];
+      lines.push(`  ${BREAKDOWN_LABELS[name] ?? name}: kvfs ${cpu(list)}; no-op ${cpu(report.breakdown.noop[name])}`);
+      const b = list[list.length - 1];
+      if (!b.ops) continue;
       const ops = Object.entries(b.ops).sort((x, y) => y[1].count - x[1].count);
       const sum = (k: keyof OpTimes) => ops.reduce((acc, [, o]) => acc + o[k], 0);
       const total = sum('totalMs');
@@ -884,9 +938,8 @@ export function formatReport(report: BenchReport): string {
       const data = sum('dataMs');
       const opList = ops.slice(0, 5).map(([op, o]) => `${op} ${o.count}`).join(', ');
       lines.push(
-        `  ${(BREAKDOWN_LABELS[name] ?? name).padEnd(22)} wall ${s(b.wallMs)}; ${sum('count')} requests (${opList}); ` +
-          `in handlers ${s(total)} = metadata ${s(meta)} + blocks ${s(data)} + rest ${s(total - meta - data)}; ` +
-          `background: metadata ${s(b.background.metaMs)}, blocks ${s(b.background.dataMs)}`,
+        `      ${sum('count')} requests (${opList}); in handlers ${sec(total)} = metadata ${sec(meta)} + blocks ${sec(data)} + ` +
+          `rest ${sec(total - meta - data)}; background: metadata ${sec(b.background?.metaMs ?? 0)}, blocks ${sec(b.background?.dataMs ?? 0)}`,
       );
     }
   }
