@@ -307,6 +307,8 @@ export class OpenFile {
         const list = [...blocks];
         const ids = await this.meta.allocBlockIds(list.length);
         await Promise.all(list.map(([, block], k) => this.store.put(String(ids[k]), block.data())));
+        // Dropped while uploading (session lost): these writes must not be committed any more.
+        if (this.poisoned) throw this.poisoned;
         const writes = list.map(([index, block], k) => ({ index, ref: { id: ids[k], len: block.len } }));
         const { attr, replaced } = await this.meta.commitBlocks(this.ino, writes, size, mtime);
         this.options.onCommit(attr);

@@ -437,6 +437,9 @@ export class EtcdKv implements KvEngine {
     if (this.inTxn.getStore() === this) {
       throw new FsError('EDEADLK', 'kv.txn() called inside a transaction function of the same engine');
     }
+    // A transaction is fenced on the session open when it starts: if that session is lost while
+    // it runs, it must fail, even if a new session has been opened by the time it commits.
+    const fence = this.fence;
     for (let attempt = 1; ; attempt++) {
       const tx = new EtcdTxn(this);
       let result: T;
@@ -454,7 +457,7 @@ export class EtcdKv implements KvEngine {
         continue;
       }
       if (tx.writes.size === 0) return result;
-      if (await this.commit(tx)) return result;
+      if (await this.commit(tx, fence)) return result;
       await this.backoff(attempt, undefined);
     }
   }
@@ -468,10 +471,10 @@ export class EtcdKv implements KvEngine {
   }
 
   /** true = committed, false = a key read with get() changed since (conflict). */
-  private async commit(tx: EtcdTxn): Promise<boolean> {
+  private async commit(tx: EtcdTxn, fence: EtcdKv['fence']): Promise<boolean> {
     // etcd checks max(compares, then-ops, else-ops) <= --max-txn-ops, not their sum
     // (etcdserver/api/v3rpc/key.go checkTxnRequest; verified against etcd 3.4).
-    if (tx.reads.size + (this.fence ? 1 : 0) > this.maxTxnOps || tx.writes.size > this.maxTxnOps) {
+    if (tx.reads.size + (fence ? 1 : 0) > this.maxTxnOps || tx.writes.size > this.maxTxnOps) {
       throw new FsError(
         'E2BIG',
         `etcd txn: ${tx.reads.size} keys read and ${tx.writes.size} keys written; etcd allows at most ${this.maxTxnOps} of each in one txn`,
@@ -490,7 +493,6 @@ export class EtcdKv implements KvEngine {
       result: CompareResult.Equal,
       mod_revision: r.modRevision,
     }));
-    const fence = this.fence;
     if (fence) {
       if (fence.lost) throw staleSession(fence.key);
       compare.push({ key: full(fence.key), target: CompareTarget.Create, result: CompareResult.Equal, create_revision: fence.createRevision });
@@ -512,9 +514,10 @@ export class EtcdKv implements KvEngine {
     let markLost: () => void = () => undefined;
     const lost = new Promise<void>((resolve) => (markLost = resolve));
     let closing = false;
+    let fence: NonNullable<EtcdKv['fence']> | undefined;
     lease.on('lost', () => {
       if (closing) return;
-      if (this.fence) this.fence.lost = true;
+      if (fence) fence.lost = true;
       markLost();
     });
     try {
@@ -522,7 +525,8 @@ export class EtcdKv implements KvEngine {
       const res = await this.request('session get', (ns, opts) => ns.get(key).options(opts).exec());
       const createRevision = res.kvs[0]?.create_revision;
       if (!createRevision) throw new FsError('EIO', `etcd: session key ${key} vanished right after it was written`);
-      this.fence = { key, createRevision, lost: false };
+      fence = { key, createRevision, lost: false };
+      this.fence = fence;
     } catch (err) {
       closing = true;
       await lease.revoke().catch(() => undefined);
@@ -535,7 +539,9 @@ export class EtcdKv implements KvEngine {
       },
       close: async () => {
         closing = true;
-        this.fence = undefined;
+        // Transactions that started under this session stay fenced on it and now fail.
+        if (fence) fence.lost = true;
+        if (this.fence === fence) this.fence = undefined;
         await withTimeout(lease.revoke(), this.timeoutMs, 'etcd lease revoke').catch(() => undefined);
       },
     };
