@@ -116,6 +116,11 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
     'auto_cache',
     // Like mount(8) and fuse3: a mount may cover a directory that has files in it.
     'nonempty',
+    // Not hard_remove: libfuse2's path API then answers fstat() on an open, unlinked file with
+    // ENOENT (the kernel's getattr carries no handle), which breaks SQLite temp files and the
+    // like. So a file unlinked while open ON THIS MOUNT is renamed to .fuse_hidden* until its last
+    // close (libfuse's default); unlinks from other mounts use the hold protocol in lib/fs.
+    // The binding still sets flag_nullpath_ok, so handle-based ops would work with hard_remove.
   ];
   if (options.readOnly) extra.push('ro');
   let fuse: FuseInstance | undefined;
