@@ -141,6 +141,12 @@ export interface Breakdown {
   /** CPU seconds (user + system, all threads) of the daemon serving the mount, and of the bench. */
   daemonCpuS?: number;
   benchCpuS: number;
+  /**
+   * Seconds the daemon's main (JavaScript) thread and the bench's thread were runnable but
+   * waiting for a CPU (/proc/PID/schedstat): the cost of other processes on a busy machine.
+   */
+  daemonRunQueueS?: number;
+  benchRunQueueS?: number;
   /** kvfs only: the daemon's own timers. */
   ops?: Record<string, OpTimes>;
   background?: OpTimes;
@@ -380,6 +386,17 @@ function cpuSeconds(pid: number | undefined): number | undefined {
     return undefined;
   }
 }
+/** Seconds a thread waited on a run queue (second field of /proc/PID/schedstat, ns). */
+function runQueueSeconds(pid: number | 'self' | undefined): number | undefined {
+  if (pid === undefined || (typeof pid === 'number' && pid < 0)) return undefined;
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]) / 1e9;
+  } catch {
+    return undefined;
+  }
+}
+const delta = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined ? b - a : undefined);
+
 /** USER_HZ: 100 on every Linux architecture Node runs on. */
 const CLOCK_TICKS = 100;
 
@@ -390,6 +407,8 @@ const CLOCK_TICKS = 100;
 function daemonProbe(home: string | undefined, mnt: string, pid: () => number | undefined, record: (name: string, b: Breakdown) => void): Probe {
   let started = 0;
   let cpu0: number | undefined;
+  let rq0: number | undefined;
+  let benchRq0: number | undefined;
   let bench0 = process.cpuUsage();
   let working = home !== undefined;
   return {
@@ -397,17 +416,20 @@ function daemonProbe(home: string | undefined, mnt: string, pid: () => number | 
       const socket = working ? controlSocket(home!, mnt) : undefined;
       if (socket) await askDaemon(socket, '/metrics/reset').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe reset', e); working = false; });
       cpu0 = cpuSeconds(pid());
+      rq0 = runQueueSeconds(pid());
+      benchRq0 = runQueueSeconds('self');
       bench0 = process.cpuUsage();
       started = performance.now();
     },
     async stop(name) {
       const wallMs = performance.now() - started;
-      const cpu1 = cpuSeconds(pid());
       const bench = process.cpuUsage(bench0);
       const entry: Breakdown = {
         wallMs,
-        daemonCpuS: cpu0 !== undefined && cpu1 !== undefined ? cpu1 - cpu0 : undefined,
+        daemonCpuS: delta(cpu0, cpuSeconds(pid())),
         benchCpuS: (bench.user + bench.system) / 1e6,
+        daemonRunQueueS: delta(rq0, runQueueSeconds(pid())),
+        benchRunQueueS: delta(benchRq0, runQueueSeconds('self')),
       };
       record(name, entry);
       const socket = working ? controlSocket(home!, mnt) : undefined;
@@ -919,13 +941,15 @@ export function formatReport(report: BenchReport): string {
       const wall = median(list.map((b) => b.wallMs));
       const d = median(list.map((b) => b.daemonCpuS ?? NaN));
       const own = median(list.map((b) => b.benchCpuS));
-      return `wall ${sec(wall)}, daemon CPU ${Number.isFinite(d) ? d.toFixed(2) : '-'} s, bench CPU ${own.toFixed(2)} s`;
+      const rq = median(list.map((b) => b.daemonRunQueueS ?? NaN));
+      const n = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : '-');
+      return `wall ${sec(wall)}, daemon CPU ${n(d)} s (waited for a CPU ${n(rq)} s), bench CPU ${own.toFixed(2)} s`;
     };
     lines.push('');
-    lines.push('Where the time went, per measured loop (medians): wall time, CPU time of the daemon (all its threads)');
-    lines.push('and of the bench process; then the kvfs daemon\'s own timers (last repetition): FUSE requests by op,');
-    lines.push('time inside handlers = waiting on metadata + on blocks + the rest (daemon code, copies, GC), and');
-    lines.push('backend time outside any request (background commits, deletes).');
+    lines.push('Where the time went, per measured loop (medians): wall time; CPU time of the daemon (all threads)');
+    lines.push('and how long its main thread waited for a CPU while runnable (other processes); CPU time of the bench.');
+    lines.push('Then the kvfs daemon\'s own timers (last repetition): FUSE requests by op; time inside handlers =');
+    lines.push('waiting on metadata + on blocks + the rest (daemon code, copies, GC); backend time outside requests.');
     for (const name of names) {
       const list = report.breakdown.kvfs[name];
       lines.push(`  ${BREAKDOWN_LABELS[name] ?? name}: kvfs ${cpu(list)}; no-op ${cpu(report.breakdown.noop[name])}`);

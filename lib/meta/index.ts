@@ -175,6 +175,9 @@ function reason(err: unknown, parsed: Extract<MetaUrl, { scheme: 'etcd' }>, secu
   }
   if (err instanceof FsError && err.code === 'EACCES') {
     const detail = err.message.replace(/^EACCES: (etcd [a-z]+: )?/, '');
+    if (!parsed.auth && security?.tls?.cert) {
+      return `access denied (${detail}); etcd takes the user from the client certificate's common name when the URL names none: that user needs read and write permission on kvfs/${parsed.volume}/, or name a user in the URL (etcd://USER@HOST:PORT/VOLUME) with its password in KVFS_META_PASSWORD or --meta-password-file FILE`;
+    }
     if (!parsed.auth) {
       return `access denied (${detail}); etcd has authentication enabled: name the user in the URL (etcd://USER@HOST:PORT/VOLUME) and give the password in KVFS_META_PASSWORD or --meta-password-file FILE`;
     }

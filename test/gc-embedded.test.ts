@@ -1,0 +1,3 @@
+import test from 'ava';
+import { gcSuite } from './_suites/repair';
+gcSuite(test, 'embedded');
