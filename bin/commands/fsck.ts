@@ -3,6 +3,7 @@ import { CheckResult, FsckReport, fsck, kindName, Problem, ProblemKind } from '.
 import { openVolume, Volume } from '../../lib/fs/volume';
 import { parseMetaUrl } from '../../lib/meta/index';
 import { parse, parseSeconds, str } from '../args';
+import { BACKEND_HELP, BACKEND_OPTIONS, Backends, resolveBackends } from '../backend-options';
 import { defaultMetaUrl } from '../home';
 
 export const help = `Usage: kvfs fsck [--meta URL] [--repair] [--json]
@@ -40,9 +41,12 @@ Options:
   --json         print the report as JSON
   --backend-timeout SECONDS
                  fail when a backend does not answer in time (default 10)
-  -h, --help     show this help`;
+  -h, --help     show this help
+
+${BACKEND_HELP}`;
 
 const OPTIONS = {
+  ...BACKEND_OPTIONS,
   meta: { type: 'string' },
   data: { type: 'string' },
   repair: { type: 'boolean' },
@@ -51,13 +55,13 @@ const OPTIONS = {
 } as const;
 
 /** Opens a volume for fsck or gc; an embedded volume that is mounted gives one clear line. */
-export async function openForMaintenance(command: string, metaUrl: string, dataUrl: string | undefined, timeoutMs: number): Promise<Volume> {
+export async function openForMaintenance(command: string, metaUrl: string, backends: Backends, timeoutMs: number): Promise<Volume> {
   try {
-    return await openVolume(metaUrl, { timeoutMs, dataUrl });
+    return await openVolume(metaUrl, { timeoutMs, dataUrl: backends.dataUrl, meta: backends.meta, data: backends.data });
   } catch (err) {
     if (err instanceof UsageError && /in use by another kvfs process/.test(err.message)) {
       throw new UsageError(
-        `volume ${parseMetaUrl(metaUrl).describe} is in use by another kvfs process (mounted?); an embedded volume serves one process at a time: unmount it, then run kvfs ${command}`,
+        `volume ${parseMetaUrl(metaUrl, backends.meta).describe} is in use by another kvfs process (mounted?); an embedded volume serves one process at a time: unmount it, then run kvfs ${command}`,
       );
     }
     throw err;
@@ -82,11 +86,12 @@ function printCheck(result: CheckResult, round: number): void {
 export async function fsckCommand(argv: string[]): Promise<number> {
   const { values } = parse('fsck', argv, OPTIONS, { min: 0, max: 0, names: '' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta) ?? defaultMetaUrl();
+  const backends = resolveBackends(values);
+  const metaUrl = backends.metaUrl ?? defaultMetaUrl();
   const timeoutMs = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout') * 1000;
   const repair = Boolean(values.repair);
   const json = Boolean(values.json);
-  const volume = await openForMaintenance('fsck', metaUrl, str(values.data), timeoutMs);
+  const volume = await openForMaintenance('fsck', metaUrl, backends, timeoutMs);
   let report: FsckReport;
   try {
     if (repair && volume.meta.kv.kind !== 'sqlite') {

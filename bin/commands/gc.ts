@@ -1,6 +1,7 @@
 import { UsageError } from '../../lib/errors';
 import { gc, idRanges } from '../../lib/fs/gc';
 import { parse, parseSeconds, str } from '../args';
+import { BACKEND_HELP, BACKEND_OPTIONS, resolveBackends } from '../backend-options';
 import { defaultMetaUrl } from '../home';
 import { openForMaintenance } from './fsck';
 
@@ -35,9 +36,12 @@ Options:
   --json             print the report as JSON (with every unreferenced block id)
   --backend-timeout SECONDS
                      fail when a backend does not answer in time (default 10)
-  -h, --help         show this help`;
+  -h, --help         show this help
+
+${BACKEND_HELP}`;
 
 const OPTIONS = {
+  ...BACKEND_OPTIONS,
   meta: { type: 'string' },
   data: { type: 'string' },
   delete: { type: 'boolean' },
@@ -57,12 +61,13 @@ function size(bytes: number): string {
 export async function gcCommand(argv: string[]): Promise<number> {
   const { values } = parse('gc', argv, OPTIONS, { min: 0, max: 0, names: '' });
   if (values.help) return console.log(help), 0;
-  const metaUrl = str(values.meta) ?? defaultMetaUrl();
+  const backends = resolveBackends(values);
+  const metaUrl = backends.metaUrl ?? defaultMetaUrl();
   const timeoutMs = parseSeconds(str(values['backend-timeout']) ?? '10', '--backend-timeout') * 1000;
   const graceMs = parseSeconds(str(values.grace) ?? '30', '--grace') * 1000;
   const doDelete = Boolean(values.delete);
   const json = Boolean(values.json);
-  const volume = await openForMaintenance('gc', metaUrl, str(values.data), timeoutMs);
+  const volume = await openForMaintenance('gc', metaUrl, backends, timeoutMs);
   try {
     const embedded = volume.meta.kv.kind === 'sqlite';
     if (!embedded && doDelete && graceMs < 10_000) {

@@ -424,6 +424,11 @@ export class Meta {
       const now = nowNs();
 
       if (moved.type === 'dir' && srcParent !== dstParent) {
+        // Two such renames on different mounts can touch disjoint keys and together form a cycle
+        // cut off from the root (mv /p/a /q/b/c/a while mv /q/b /p/a/d/b): they all read and
+        // rewrite one shared key, so they serialize.
+        await tx.get(keys.renameLock);
+        tx.put(keys.renameLock, Buffer.from(String(now)));
         // The kernel checks this on one mount; re-check against what is committed. The walk reads
         // outside the transaction: comparing every ancestor would put deep trees over etcd's
         // per-transaction limit, and the directories' own keys are compared already.

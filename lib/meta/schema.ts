@@ -196,6 +196,8 @@ export const keys = {
   symlink: (ino: number) => `A${hex(ino, 16)}S`,
   xattrs: (ino: number) => `A${hex(ino, 16)}X`,
   xattr: (ino: number, name: string) => `A${hex(ino, 16)}X${name}`,
+  /** Rewritten by every rename that moves a directory to another parent (serializes them). */
+  renameLock: 'lock/rename',
   sessions: 'session/',
   session: (id: string) => `session/${id}`,
   /** A mount's claim on an orphan it still has open: H{ino}/{session id}, bound to the session. */
