@@ -18,7 +18,6 @@ import {
   kvfs,
   makeTempDir,
   pidAlive,
-  processesMatching,
   removeTempDir,
   run,
   sleep,
@@ -237,6 +236,31 @@ function assertNoSecret(t: ExecutionContext, what: string, text: string): void {
   for (const s of SECRETS) t.false(text.includes(s), `${what} must not contain a password (${JSON.stringify(s.slice(0, 6))}...):\n${text}`);
 }
 
+/** Clock ticks since boot when this test file started (field 22 of /proc/self/stat). */
+const startedAt = Number(fs.readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[19]);
+
+/**
+ * node processes started since this file started whose command line mentions `needle`. Only those
+ * command lines are read: reading another process's /proc/PID/cmdline can block for as long as
+ * that process is stuck in a page fault (say, on some other hung FUSE mount on this host).
+ */
+function newNodeProcessesMentioning(needle: string): string[] {
+  const found: string[] = [];
+  for (const ent of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent) || Number(ent) === process.pid) continue;
+    try {
+      if (fs.readFileSync(`/proc/${ent}/comm`, 'utf8').trim() !== 'node') continue;
+      const stat = fs.readFileSync(`/proc/${ent}/stat`, 'utf8').split(') ')[1].split(' ');
+      if (stat[0] === 'Z' || Number(stat[19]) < startedAt) continue;
+      const cmdline = fs.readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmdline.includes(needle)) found.push(`${ent}: ${cmdline}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
 function stderrLines(r: RunResult): string[] {
   return r.stderr.split('\n').filter((l) => l.trim() !== '');
 }
@@ -254,7 +278,7 @@ async function assertCleanFailure(t: ExecutionContext, what: string, r: RunResul
   if (mnt) {
     t.false(isMounted(mnt), `${what}: nothing mounted at ${mnt}`);
     await sleep(200);
-    t.deepEqual(processesMatching(mnt), [], `${what}: no process left for ${mnt}`);
+    t.deepEqual(newNodeProcessesMentioning(mnt), [], `${what}: no process left for ${mnt}`);
   }
 }
 
@@ -347,7 +371,8 @@ test.serial('TLS + passwords from the environment; kvfs mount -d with passwords 
   t.true(cmdline.includes(mnt), cmdline);
   t.true(cmdline.includes(`etcd+https://kvfs@${etcd.hostPort}/${vol}`), `the URL is there, without its password: ${cmdline}`);
   assertNoSecret(t, 'daemon /proc/PID/cmdline', cmdline);
-  const ps = await run('ps', ['-o', 'args=', '-p', String(pid)]);
+  // -q: look at that process only (see newNodeProcessesMentioning).
+  const ps = await run('ps', ['-q', String(pid), '-o', 'args=']);
   t.true(ps.stdout.includes(mnt), describeRun('ps', ps));
   assertNoSecret(t, 'ps -o args', ps.stdout);
   // ...they reached it through its environment, which only its user and root can read.
@@ -408,7 +433,8 @@ test.serial('password files; Redis demanding client certificates; a foreground d
   t.true(cmdline.includes(`etcd://kvfs@${etcd.hostPort}/${vol}`), cmdline);
   assertNoSecret(t, 'foreground daemon /proc/PID/cmdline', cmdline);
   t.is(fs.readFileSync(`/proc/${d.pid}/comm`, 'utf8').trim(), 'node', 'the process name stays');
-  const ps = await run('ps', ['-o', 'args=', '-p', String(d.pid)]);
+  const ps = await run('ps', ['-q', String(d.pid), '-o', 'args=']);
+  t.true(ps.stdout.includes(mnt), describeRun('ps', ps));
   assertNoSecret(t, 'ps -o args', ps.stdout);
   await unmountDaemon(t, mnt, d.pid);
   assertNoSecret(t, 'foreground daemon output', d.log());

@@ -116,6 +116,8 @@ export interface BenchReport {
   };
   results: { kvfs: Figures; noop: Figures; raw: Figures };
   comparison: Comparison[];
+  /** Every daemon the run started (all stopped by the end of the run). */
+  daemons: Array<{ what: string; pid: number }>;
   /**
    * Where the time of each measured loop went, per filesystem and loop, one entry per
    * repetition: CPU time of the daemon process (all its threads) and of the bench process, and
@@ -283,6 +285,7 @@ function makeTarget(
   name: 'kvfs' | 'noop',
   mnt: string,
   env: NodeJS.ProcessEnv,
+  started: (what: string, pid: number) => void,
   mountArgs: () => string[],
   stop: (d: Daemon) => Promise<void>,
 ): Target {
@@ -297,6 +300,7 @@ function makeTarget(
       const d = new Daemon(`${label} daemon`, mountArgs(), env);
       daemon = d;
       live.daemons.add(d);
+      started(`${label} daemon`, d.pid);
       live.mounts.add(mnt);
       try {
         await d.ready(60_000);
@@ -606,6 +610,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     results: { kvfs: {}, noop: {}, raw: {} },
     comparison: [],
     breakdown: { kvfs: {}, noop: {} },
+    daemons: [],
   };
   const kvfsHome = env.KVFS_HOME!;
   const probeOf = (t: Target): Probe =>
@@ -688,13 +693,14 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       'kvfs',
       mntK,
       env,
+      (what, pid) => report.daemons.push({ what, pid }),
       () => [...nodeArgs, CLI, 'mount', '--meta', plan.metaUrl, ...(plan.dataUrl ? ['--data', plan.dataUrl] : []), mntK],
       async () => {
         const r = await runCommand(process.execPath, [CLI, 'umount', mntK], env, 90_000);
         if (r.code !== 0) throw new Error(r.out);
       },
     );
-    const noopTarget = makeTarget('noop', mntN, env, () => [NOOP_MAIN, mntN], async (d) => d.kill('SIGTERM'));
+    const noopTarget = makeTarget('noop', mntN, env, (what, pid) => report.daemons.push({ what, pid }), () => [NOOP_MAIN, mntN], async (d) => d.kill('SIGTERM'));
     targets.push(kvfsTarget, noopTarget);
     const fsPhases = cfg.phases.filter((p) => p !== 'raw');
     if (fsPhases.length > 0) {
