@@ -143,7 +143,10 @@ export async function formatVolume(metaUrl: string, options: FormatOptions): Pro
   try {
     // Replacing a volume keeps its uuid: its old blocks stay in the same store, unreferenced,
     // for `kvfs gc` (and an embedded block store only accepts the volume it belongs to).
-    const existing = options.force ? await Meta.loadSettings(kv, describe) : undefined;
+    const existing = await Meta.loadSettings(kv, describe);
+    if (existing && !options.force) {
+      throw new UsageError(`a volume named '${volume}' already exists at ${describe}; use --force to replace it (its data is lost)`);
+    }
     if (existing) settings.uuid = existing.uuid;
     // Make sure the data store answers before anything is written.
     store = await openBlockStore(dataUrl, settings.uuid, { timeoutMs: options.timeoutMs, security: options.data }).catch((err) => {
