@@ -13,6 +13,7 @@ import { makeTempDir, pidAlive, removeTempDir, Servers, sleep, startVolume, Volu
 import { EtcdServer, startEtcd } from './_helpers/servers';
 import {
   expectedFiles,
+  fsck,
   JournalLine,
   pollUntil,
   readJournal,
@@ -135,4 +136,8 @@ test.serial('Redis killed (-9) and restarted on the same port and directory mid-
   const all = ['redis-stop', 'etcd-stop', 'redis-restart'].flatMap((l) => readJournal(path.join(scratch, `${l}.jsonl`)));
   t.deepEqual(verifyFiles(vol.mnt, expectedFiles(all)), []);
   t.true(fs.existsSync(path.join(vol.mnt, 'redis-restart')));
+  // The metadata is consistent after all three outages (skipped if this build has no `kvfs fsck`).
+  const c = await fsck(vol.metaUrl);
+  if (c === undefined) t.log('kvfs fsck is not available in this build');
+  else t.true(c.clean, c.output);
 });

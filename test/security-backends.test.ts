@@ -271,6 +271,7 @@ async function assertCleanFailure(t: ExecutionContext, what: string, r: RunResul
   t.false(r.timedOut, `${what}: must not hang\n${info}`);
   t.is(r.code, 1, `${what}: exit code\n${info}`);
   const lines = stderrLines(r);
+  t.log(`${what}: ${lines.join(' | ')}`);
   t.is(lines.length, 1, `${what}: exactly one line on stderr\n${info}`);
   t.regex(lines[0] ?? '', /^kvfs: /, `${what}\n${info}`);
   t.regex(lines[0] ?? '', pattern, `${what}: the message says what is wrong\n${info}`);

@@ -279,7 +279,10 @@ function reason(err: unknown, parsed: Extract<BlockUrl, { scheme: 'redis' }>, se
   if (err instanceof FsError && err.code === 'EACCES') {
     const user = parsed.username ?? 'default';
     const from = parsed.password === undefined ? '' : ` (password from ${security?.passwordFrom && parsed.password === security.password ? security.passwordFrom : 'the URL'})`;
-    if (/^NOAUTH/.test(causeText)) {
+    if (parsed.password === undefined && /^(NOAUTH|WRONGPASS)/.test(causeText)) {
+      if (parsed.username !== undefined) {
+        return `authentication failed for user '${user}', given without a password (${causeText.replace(/\.\s*$/, '')}); give the password in KVFS_DATA_PASSWORD, --data-password-file FILE, or the URL as redis://USER:PASSWORD@HOST:PORT`;
+      }
       return `Redis requires a password (NOAUTH); give it in KVFS_DATA_PASSWORD, --data-password-file FILE, or the URL as redis://[USER]:PASSWORD@HOST:PORT`;
     }
     const said = (causeText || err.message).replace(/\.\s*$/, '');

@@ -81,14 +81,14 @@ export function renderHtml(report: LabReport, renderers: Renderers): string {
       );
     })
     .join('\n');
-  const m = report.machine as { cpus?: number; cpuModel?: string; memoryBytes?: number; kernel?: string; node?: string; loadAverageAtStart?: number[] };
+  const m = report.machine as { cpus?: number; cpuModel?: string; memoryBytes?: number; kernel?: string; node?: string; loadAverageAtStart?: number[]; loadAverageAtEnd?: number[] };
   const s = report.servers as { meta?: string; data?: string; etcdVersion?: string; redisVersion?: string; redisAppendfsync?: string; started?: boolean };
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kvfs lab report</title><meta name="viewport" content="width=device-width,initial-scale=1"><style>${CSS}</style></head>
 <body><main>
 <h1>kvfs lab: where consistency and latency break down</h1>
 <div class="meta">${esc(report.startedAt)} · ${fmt(report.seconds)} s · <code>${esc(report.command)}</code>${report.quick ? ' · <b>quick run</b> (fewer iterations)' : ''} · seed ${report.seed}<br>
-${esc(`${m.cpus} × ${m.cpuModel}, ${fmt((m.memoryBytes ?? 0) / 2 ** 30)} GiB, Linux ${m.kernel}, Node ${m.node}, load at start ${(m.loadAverageAtStart ?? []).join(' ')}`)}<br>
+${esc(`${m.cpus} × ${m.cpuModel}, ${fmt((m.memoryBytes ?? 0) / 2 ** 30)} GiB, Linux ${m.kernel}, Node ${m.node}, load average ${(m.loadAverageAtStart ?? []).join(' ')} at the start${m.loadAverageAtEnd ? `, ${m.loadAverageAtEnd.join(' ')} at the end` : ''}`)}<br>
 ${esc(`metadata ${s.meta} (etcd ${s.etcdVersion ?? '?'}), blocks ${s.data} (Redis ${s.redisVersion ?? '?'}${s.redisAppendfsync ? `, appendfsync ${s.redisAppendfsync}` : ''})${s.started ? ', both started by the lab on loopback' : ''}; local baseline: ${report.local.fstype} (${report.local.device}) at ${report.local.dir}`)}</div>
 <nav>${exps.map((e) => `<a href="#${e.name}">${esc(e.name)}</a>`).join('')}</nav>
 <section id="summary"><h2>Summary: kvfs beside the local disk</h2>

@@ -29,7 +29,7 @@ interface FileOutcome {
   prefix: boolean;
   /** Acknowledged records after the last surviving one. */
   windowRecords: number;
-  /** Time from the acknowledgement of the last surviving record to the kill. */
+  /** Time from the acknowledgement of the oldest lost record (the one after the last surviving one) to the kill. */
   windowMs: number;
   /** Records found that the log did not show as acknowledged (the write was under way). */
   presentUnacked: number;
@@ -94,7 +94,9 @@ function outcome(
   const lastSurviving = maxOf(survivors);
   let presentUnacked = 0;
   for (const s of survivors) if (s > acked) presentUnacked++;
-  const lastAck = lastSurviving > 0 ? acks.get(Math.min(lastSurviving, acked)) ?? start : start;
+  // The window: from the acknowledgement of the oldest lost record (the one after the last
+  // surviving one) to the kill.
+  const firstLostAck = acks.get(lastSurviving + 1) ?? start;
   return {
     acked,
     fsyncedUpTo,
@@ -104,7 +106,7 @@ function outcome(
     lastSurviving,
     prefix: survivors.size === lastSurviving,
     windowRecords: Math.max(0, acked - lastSurviving),
-    windowMs: acked > lastSurviving ? Math.max(0, killAt - lastAck) : 0,
+    windowMs: acked > lastSurviving ? Math.max(0, killAt - firstLostAck) : 0,
     presentUnacked,
     invalidRecords: found.invalid ?? 0,
     zeroRecords: found.zero ?? 0,
