@@ -27,10 +27,7 @@ function isSession(s: SessionJson, m: { pid: number; mnt: string }): boolean {
   return s.pid === m.pid && path.resolve(s.mountpoint) === path.resolve(m.mnt);
 }
 
-// Known limitation, kept as a failing test until fixed: the file C unlinked itself was renamed by
-// libfuse2 to .fuse_hidden* (see README), so when C is killed it stays behind as a visible file
-// instead of an orphan; the session part of this test passes (it is logged in the output).
-test.serial.failing('a killed mount leaves the session list within 10 s; a file it held open-unlinked is reclaimed by the survivors', async (t) => {
+test.serial('a killed mount leaves the session list within 10 s; a file it held open-unlinked is reclaimed by the survivors', async (t) => {
   t.timeout(180_000);
   const C = await extraMount(vol, 'C', ['--session-ttl', '3']);
   extra.push(C);
