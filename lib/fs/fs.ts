@@ -427,7 +427,9 @@ export class Filesystem {
     }
     if (m[3] === 'I') this.attrs.delete(ino);
     else if (m[3] === 'D') this.entries.delete(this.entryKey(ino, m[4]));
-    else if (m[3] === 'C') this.files.get(ino)?.forgetBlockMap();
+    // Block maps (C keys) are not dropped here: an open file reads from the map it has (re-read at
+    // every open: close-to-open), so one read() never mixes blocks of two commits; a block deleted
+    // under it makes the reader re-read the map (lib/fs/file.ts).
     else if (m[3] === 'X') this.xattrNames.delete(ino);
   }
 
