@@ -43,10 +43,12 @@ Options:
   --kernel-cache SECONDS
                         how long the kernel caches attributes and names without
                         asking the daemon (default 0). Above 0 saves a round trip
-                        into the daemon per lookup/stat, but two hard links to one
-                        file may then show different link counts or times for up
-                        to this long (libfuse2's path API gives each name its own
-                        kernel inode).
+                        into the daemon per lookup/stat, but breaks close-to-open
+                        across mounts: an open() after another mount's close() may
+                        see the old size and content for up to this long (kvfs lab
+                        measured 1 s behind with 1). Two hard links to one file may
+                        also show different link counts or times for that long
+                        (libfuse2's path API gives each name its own kernel inode).
   --cache-size SIZE     memory for cached blocks (default 256M); reads ahead of a
                         sequential reader use up to a quarter of it
   --writeback on|off    on (default): writes return once copied into memory and
@@ -56,7 +58,8 @@ Options:
                         returns (slow; for comparison)
   --flush-interval SECONDS
                         commit data that has been dirty this long even if the
-                        file stays open (default 5)
+                        file stays open (default 5); the commit starts at the
+                        latest this long after the oldest uncommitted write
   --max-dirty SIZE      uncommitted data all open files may hold; writers then
                         wait for commits (default 512M)
   --session-ttl SECONDS how long this mount stays registered after it stops

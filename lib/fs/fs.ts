@@ -112,11 +112,15 @@ export class Filesystem {
   ) {
     this.cache = new BlockCache(options.cacheBytes);
     this.budget = new DirtyBudget(options.maxDirty, () => this.commitDirty(() => true));
+    // A commit must start no later than --flush-interval after the oldest uncommitted write, so
+    // the timer ticks often and commits what would be overdue by the next tick (ticking every
+    // second and waiting for the full interval let the window reach interval + tick).
+    const tickMs = Math.max(20, Math.min(250, options.flushIntervalMs / 10));
     this.flushTimer = setInterval(() => {
-      const due = Date.now() - options.flushIntervalMs;
+      const due = Date.now() - options.flushIntervalMs + tickMs;
       // Failures put the blocks back; the next interval, flush or close retries them.
       this.commitDirty((f) => f.dirtySince <= due).catch(() => undefined);
-    }, Math.max(100, Math.min(1000, options.flushIntervalMs / 2)));
+    }, tickMs);
     this.flushTimer.unref();
   }
 
