@@ -339,6 +339,13 @@ async function main () {
   check(`thread locals reused, not leaked (${counts.join(' -> ')} after bursts of ${N}, peak ${peakInFlight} in flight)`,
     peakInFlight >= 15 && counts[counts.length - 1] <= peakInFlight + 10)
 
+  // A child that inherited /dev/fuse kept the connection alive after the daemon died (the mount
+  // hung instead of failing with ENOTCONN); the descriptor is close-on-exec now.
+  const childFds = await run('sh', ['-c', 'for f in /proc/$$/fd/*; do readlink "$f"; done; true'])
+  const ownFuseFds = fs.readdirSync('/proc/self/fd').filter(fd => { try { return fs.readlinkSync('/proc/self/fd/' + fd) === '/dev/fuse' } catch { return false } })
+  check('/dev/fuse is open in the daemon but not inherited by its children (close-on-exec)',
+    ownFuseFds.length > 0 && !childFds.split('\n').includes('/dev/fuse'), `daemon fds on /dev/fuse: ${ownFuseFds.length}; child: ${childFds.replace(/\n/g, ' ')}`)
+
   console.log('unmount', ((Date.now() - T0) / 1000).toFixed(1) + ' s')
   await run('umount', [MNT])
   check('umount MNT as root unmounts', !isMounted())
