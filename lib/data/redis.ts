@@ -7,13 +7,16 @@
 // Failure behaviour (what the filesystem layer sees):
 // - every command is bounded by timeoutMs (ioredis commandTimeout) -> FsError ETIMEDOUT,
 //   retryable. A timed-out put may still be applied later; puts are idempotent (same id, same
-//   bytes), so retrying is safe.
+//   bytes), so retrying is safe. After a timeout, commands fail at once with ETIMEDOUT until
+//   Redis answers a PING again (lib/stall-gate.ts): a stalled Redis costs one timeout, not one
+//   per operation.
 // - no offline queue: while a connection is down, requests go to another ready connection, and
 //   when none is ready they fail at once with FsError EIO (retryable) instead of waiting.
 //   Connections reconnect in the background (backoff up to 2 s).
 // All ioredis/Redis failures are translated to FsError in one function, redisError().
 import Redis, { type RedisOptions } from 'ioredis';
 import { FsError } from '../errors';
+import { StallGate } from '../stall-gate';
 import type { BlockStore } from './store';
 
 export interface RedisBlocksOptions {
@@ -99,6 +102,8 @@ export class RedisBlocks implements BlockStore {
   private readonly conns: Conn[];
   private readonly timeoutMs: number;
   private closed = false;
+  /** After a command timed out, fails commands at once until Redis answers a PING again. */
+  private readonly gate: StallGate;
 
   /** Creates the pool without connecting; use RedisBlocks.open() or call connect(). */
   constructor(options: RedisBlocksOptions) {
@@ -110,6 +115,7 @@ export class RedisBlocks implements BlockStore {
     this.prefix = options.prefix;
     this.timeoutMs = timeoutMs;
     this.address = `${options.host}:${options.port}${options.db ? `/${options.db}` : ''}`;
+    this.gate = new StallGate(`Redis at ${this.address}`, () => this.send('probe', (r) => r.ping()));
     const redisOptions: RedisOptions = {
       host: options.host,
       port: options.port,
@@ -182,6 +188,11 @@ export class RedisBlocks implements BlockStore {
   /** Runs one request on the least busy ready connection, translating failures. */
   private async exec<T>(what: string, fn: (redis: Redis) => Promise<T>): Promise<T> {
     if (this.closed) throw new FsError('EIO', `redis ${what}: store is closed`);
+    return this.gate.run(`redis ${what}`, () => this.send(what, fn));
+  }
+
+  /** exec() without the stall gate (for the gate's own probe). */
+  private async send<T>(what: string, fn: (redis: Redis) => Promise<T>): Promise<T> {
     let best: Conn | undefined;
     for (const c of this.conns) {
       if (c.redis.status === 'ready' && (!best || c.inFlight < best.inFlight)) best = c;
@@ -288,6 +299,7 @@ export class RedisBlocks implements BlockStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.gate.close();
     await Promise.all(
       this.conns.map(async (c) => {
         if (c.redis.status === 'ready') {

@@ -14,7 +14,9 @@
 //   before anything is sent; it is not retryable, and a txn is never split.
 // - after `maxAttempts` conflicting attempts the txn fails with FsError EAGAIN (retryable).
 // - every request is bounded by `timeoutMs` -> FsError ETIMEDOUT (retryable). A timed-out commit
-//   may or may not have been applied; it is not retried automatically.
+//   may or may not have been applied; it is not retried automatically. After a timeout, requests
+//   fail at once with ETIMEDOUT until etcd answers a probe again (lib/stall-gate.ts), so a
+//   stalled etcd costs an application one timeout, not one per operation.
 // All etcd/gRPC failures are translated to FsError in one function, etcdError().
 import { AsyncLocalStorage } from 'node:async_hooks';
 import {
@@ -32,6 +34,7 @@ import {
   type Namespace,
   type Watcher,
 } from 'etcd3';
+import { StallGate } from '../stall-gate';
 import { FsError, type ErrnoName } from '../errors';
 import type { KvChange, KvEngine, KvPair, KvSession, KvTxn, ScanOptions } from './kv';
 
@@ -355,6 +358,8 @@ export class EtcdKv implements KvEngine {
   private readonly inTxn = new AsyncLocalStorage<EtcdKv>();
   private readonly watchers = new Set<() => Promise<void>>();
   private closed = false;
+  /** After a request timed out, fails requests at once until etcd answers a probe again. */
+  private readonly gate: StallGate;
   /** The open session every commit is fenced on: its key must still have this create revision. */
   private fence: { key: string; createRevision: string; lost: boolean } | undefined;
 
@@ -392,6 +397,9 @@ export class EtcdKv implements KvEngine {
       faultHandling: { host: () => passThroughPolicy(), global: failoverPolicy(options.hosts.length) },
     });
     this.ns = this.client.namespace(this.prefixBuf);
+    this.gate = new StallGate(`etcd at ${options.hosts.join(',')}`, () =>
+      this.send('probe', (ns, opts) => ns.get('\0ping').options(opts).exec()),
+    );
   }
 
   /**
@@ -400,6 +408,11 @@ export class EtcdKv implements KvEngine {
    */
   async request<T>(what: string, fn: (ns: Namespace, opts: { deadline: number }) => Promise<T>): Promise<T> {
     if (this.closed) throw new FsError('EIO', `etcd ${what}: engine is closed`);
+    return this.gate.run(`etcd ${what}`, () => this.send(what, fn));
+  }
+
+  /** One request with the time bound and error translation, not held back by the stall gate. */
+  private async send<T>(what: string, fn: (ns: Namespace, opts: { deadline: number }) => Promise<T>): Promise<T> {
     try {
       return await withTimeout(fn(this.ns, { deadline: Date.now() + this.timeoutMs }), this.timeoutMs, `etcd ${what}`);
     } catch (err) {
@@ -607,6 +620,7 @@ export class EtcdKv implements KvEngine {
     if (this.closed) return;
     await Promise.all([...this.watchers].map((u) => u()));
     this.closed = true;
+    this.gate.close();
     this.client.close();
   }
 }
