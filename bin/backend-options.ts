@@ -1,7 +1,8 @@
 // The backend options every command that opens a volume shares (format, mount, status, ...):
 // where the URLs come from (--meta/--data or KVFS_META/KVFS_DATA), passwords kept off the
 // command line (KVFS_META_PASSWORD/KVFS_DATA_PASSWORD, --meta-password-file/--data-password-file),
-// and TLS material (--meta-ca/--meta-cert/--meta-key, --data-ca/--data-cert/--data-key).
+// TLS material (--meta-ca/--meta-cert/--meta-key, --data-ca/--data-cert/--data-key), and the
+// encryption key of an encrypted volume (--key-file, KVFS_KEY_FILE, KVFS_KEY).
 //
 // A command merges BACKEND_OPTIONS into its own option spec and BACKEND_HELP into its help, and
 // calls resolveBackends() on the parsed values. Secrets never go back out: resolveBackends()
@@ -9,9 +10,10 @@
 // title), and backgroundLaunch() re-executes `kvfs mount -d` with passwords in the environment
 // rather than in argv.
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { hasPassword, stripPassword, type BackendSecurity, type TlsMaterial } from '../lib/data/index';
+import { EncryptionKey } from '../lib/data/encrypted';
+import { hasPassword, stripPassword, type BackendSecurity, type DataSecurity, type TlsMaterial } from '../lib/data/index';
 import { UsageError } from '../lib/errors';
 import type { OptionSpec, Parsed } from './args';
 
@@ -21,6 +23,8 @@ export const ENV = {
   data: 'KVFS_DATA',
   metaPassword: 'KVFS_META_PASSWORD',
   dataPassword: 'KVFS_DATA_PASSWORD',
+  keyFile: 'KVFS_KEY_FILE',
+  key: 'KVFS_KEY',
 } as const;
 
 /** Options shared by format, mount and status (merged into each command's spec). */
@@ -33,6 +37,7 @@ export const BACKEND_OPTIONS = {
   'data-cert': { type: 'string' },
   'data-key': { type: 'string' },
   'data-password-file': { type: 'string' },
+  'key-file': { type: 'string' },
 } as const satisfies OptionSpec;
 
 /** The help text of BACKEND_OPTIONS and of the environment (appended to each command's help). */
@@ -52,6 +57,9 @@ export const BACKEND_HELP = `Credentials and TLS (see docs/security.md):
   --data-password-file FILE
                         the Redis password, for the URL's user or else Redis's
                         default user: the first line of FILE
+  --key-file FILE       the key of an encrypted volume (kvfs format --encrypt):
+                        32 bytes as 64 hex digits, e.g. made with
+                        openssl rand -hex 32 > FILE; chmod 600 FILE
 
 Environment:
   ${ENV.meta}             metadata URL when --meta is not given
@@ -61,10 +69,14 @@ Environment:
                         --meta-password-file gives one (etcd URLs only)
   ${ENV.dataPassword}    Redis password when neither the URL nor
                         --data-password-file gives one
+  ${ENV.keyFile}         file holding the key, when --key-file is not given
+  ${ENV.key}              the key itself (64 hex digits), when neither
+                        --key-file nor ${ENV.keyFile} is given
 
 A password in a URL on the command line can be seen by other users (ps) while
-kvfs starts: prefer the environment or a password file. Passwords are never
-stored in the volume, logged, or shown by kvfs status.`;
+kvfs starts: prefer the environment or a password file. Passwords and keys are
+never stored in the volume, logged, or shown by kvfs status. A key given for a
+volume that is not encrypted is an error.`;
 
 /** What resolveBackends() found: the URLs to use and the secrets that go beside them. */
 export interface Backends {
@@ -74,19 +86,20 @@ export interface Backends {
   dataUrl?: string;
   /** Password and TLS material for the metadata store (etcd). */
   meta: BackendSecurity;
-  /** Password and TLS material for the block store (Redis). */
-  data: BackendSecurity;
+  /** Password and TLS material for the block store (Redis), and the encryption key if given. */
+  data: DataSecurity;
 }
 
 type Values = Parsed['values'];
 
 const str = (v: string | boolean | undefined): string | undefined => (typeof v === 'string' ? v : undefined);
 
-function fileError(option: string, file: string, err: unknown): UsageError {
+/** `cannot read WHAT: why`, where WHAT names the option or variable and the file. */
+function fileError(option: string, file: string, err: unknown, what = `--${option} ${file}`): UsageError {
   const code = (err as NodeJS.ErrnoException)?.code;
   const why =
     code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (err as Error)?.message ?? String(err);
-  return new UsageError(`cannot read --${option} ${file}: ${why}`);
+  return new UsageError(`cannot read ${what}: ${why}`);
 }
 
 function readOptionFile(option: string, file: string): Buffer {
@@ -147,6 +160,35 @@ function readTls(values: Values, side: 'meta' | 'data'): TlsMaterial | undefined
 }
 
 /**
+ * The encryption key: --key-file, else $KVFS_KEY_FILE, else $KVFS_KEY; undefined when none.
+ * A key file readable by other users gets a warning on stderr (never the key itself).
+ */
+export function resolveKey(values: Values, env: NodeJS.ProcessEnv = process.env): EncryptionKey | undefined {
+  const option = str(values['key-file']);
+  const file = option ?? (env[ENV.keyFile] || undefined);
+  if (file !== undefined) {
+    const from = option !== undefined ? `--key-file ${file}` : `${ENV.keyFile}=${file}`;
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw fileError('key-file', file, err, from);
+    }
+    const key = EncryptionKey.fromHex(text, from);
+    try {
+      const mode = statSync(file).mode & 0o777;
+      if (mode & 0o077) console.error(`kvfs: warning: the key file ${file} can be read by other users (mode ${mode.toString(8)}); chmod 600 ${file}`);
+    } catch {
+      // read above; a race at worst
+    }
+    return key;
+  }
+  const inline = env[ENV.key];
+  if (inline) return EncryptionKey.fromHex(inline, ENV.key);
+  return undefined;
+}
+
+/**
  * The password for one side: the URL's own wins; else --SIDE-password-file; else the
  * environment (for the metadata side only with an etcd URL: an embedded volume has none).
  */
@@ -184,11 +226,13 @@ export function resolveBackends(values: Values, env: NodeJS.ProcessEnv = process
   };
   const metaTls = readTls(values, 'meta');
   if (metaTls) meta.tls = metaTls;
-  const data: BackendSecurity = {
+  const data: DataSecurity = {
     ...resolvePassword(values, 'data', dataUrl, dataArg !== undefined ? '--data' : ENV.data, env),
   };
   const dataTls = readTls(values, 'data');
   if (dataTls) data.tls = dataTls;
+  const key = resolveKey(values, env);
+  if (key) data.key = key;
   return { metaUrl, dataUrl, meta, data };
 }
 

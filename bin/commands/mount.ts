@@ -74,7 +74,14 @@ Options:
 ${BACKEND_HELP}
 
 With -d, the daemon gets any password through its environment, never on its
-command line.`;
+command line.
+
+An encrypted volume (kvfs format --encrypt) needs its key: --key-file FILE, or
+KVFS_KEY_FILE / KVFS_KEY. Without it, with a wrong key, or with a key for a
+volume that is not encrypted, the mount fails with one line and exit code 1
+before anything is mounted. Blocks are sealed (AES-256-GCM) before they leave
+the daemon; a block that fails authentication (changed, or swapped with another,
+in the block store) makes the read fail with EIO, never return wrong data.`;
 
 const OPTIONS = {
   ...BACKEND_OPTIONS,
@@ -159,6 +166,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     meta: backends.meta,
     data: backends.data,
     timeoutMs: backendTimeout * 1000,
+    requireKey: true,
     // Zero set-up: the default embedded volume is created on first mount.
     createIfMissing: metaGiven
       ? undefined
@@ -215,7 +223,8 @@ export async function mountCommand(argv: string[]): Promise<number> {
     console.error(`kvfs: no control socket (${(err as Error).message}); kvfs status cannot ask this daemon`),
   );
   writeRunRecord({ pid: process.pid, mountpoint, volume: volume.describe, socket });
-  const ready = `kvfs: mounted ${volume.describe} (block size ${formatSize(volume.settings.blockSize)}) at ${mountpoint}`;
+  const encrypted = volume.settings.encryption ? `, blocks encrypted with ${volume.settings.encryption.cipher}` : '';
+  const ready = `kvfs: mounted ${volume.describe} (block size ${formatSize(volume.settings.blockSize)}${encrypted}) at ${mountpoint}`;
   console.log(ready);
   if (process.send) {
     process.send({ ready });

@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FsError, UsageError } from '../errors';
+import type { EncryptionKey } from './encrypted';
 import type { BlockStore } from './store';
 
 /** PEM material for a TLS connection to a backend. */
@@ -33,6 +34,15 @@ export interface BackendSecurity {
   passwordFrom?: string;
   /** CA / client certificate. For Redis they need a rediss:// URL; for etcd they turn TLS on. */
   tls?: TlsMaterial;
+}
+
+/**
+ * What travels beside the data URL: the backend's credentials, and the volume's encryption key
+ * (lib/data/encrypted.ts) when the volume is encrypted. Never stored, never shown.
+ */
+export interface DataSecurity extends BackendSecurity {
+  /** The key of an encrypted volume (--key-file, KVFS_KEY_FILE, KVFS_KEY). */
+  key?: EncryptionKey;
 }
 
 /**

@@ -19,7 +19,14 @@
 // a range read returns a whole directory or a file's whole block map in order (as JuiceFS's
 // `A{ino}` layout does).
 
-export const FORMAT_VERSION = 1;
+/**
+ * The newest format this kvfs reads. 1: blocks in clear. 2: blocks may be encrypted
+ * (VolumeSettings.encryption); only encrypted volumes are recorded as 2, so that a kvfs that
+ * cannot decrypt refuses them instead of serving ciphertext as file data.
+ */
+export const FORMAT_VERSION = 2;
+/** The format version of a volume without encryption (readable by every kvfs). */
+export const PLAIN_FORMAT_VERSION = 1;
 
 /** Blocks per chunk key. A commit therefore touches few keys; a file of N blocks has N/256 keys. */
 export const CHUNK_BLOCKS = 256;
@@ -35,6 +42,11 @@ export interface VolumeSettings {
   formatVersion: number;
   /** ISO 8601 */
   createdAt: string;
+  /**
+   * Present when blocks are encrypted: cipher ('aes-256-gcm'), key derivation ('hkdf-sha256')
+   * and key check value, never the key (see lib/data/encrypted.ts).
+   */
+  encryption?: { cipher: string; kdf: string; keyCheck: string };
 }
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block';

@@ -1,0 +1,5 @@
+// Encryption at rest on etcd + Redis: the shared encryption suite (test/_suites/encryption.ts).
+import test from 'ava';
+import { encryptionSuite } from './_suites/encryption';
+
+encryptionSuite(test, 'etcd');
