@@ -92,7 +92,7 @@ ${esc(`${m.cpus} × ${m.cpuModel}, ${fmt((m.memoryBytes ?? 0) / 2 ** 30)} GiB, L
 ${esc(`metadata ${s.meta} (etcd ${s.etcdVersion ?? '?'}), blocks ${s.data} (Redis ${s.redisVersion ?? '?'}${s.redisAppendfsync ? `, appendfsync ${s.redisAppendfsync}` : ''})${s.started ? ', both started by the lab on loopback' : ''}; local baseline: ${report.local.fstype} (${report.local.device}) at ${report.local.dir}`)}</div>
 <nav>${exps.map((e) => `<a href="#${e.name}">${esc(e.name)}</a>`).join('')}</nav>
 <section id="summary"><h2>Summary: kvfs beside the local disk</h2>
-<table class="summary"><thead><tr><th>experiment</th><th>measure</th><th>kvfs</th><th>local disk</th><th>finding (from the numbers below)</th></tr></thead><tbody>${summaryRows}</tbody></table>
+<table class="summary"><colgroup><col style="width:12%"><col style="width:22%"><col style="width:8%"><col style="width:8%"><col></colgroup><thead><tr><th>experiment</th><th>measure</th><th>kvfs</th><th>local disk</th><th>finding (from the numbers below)</th></tr></thead><tbody>${summaryRows}</tbody></table>
 <p class="how">How to read it: each row puts one kvfs figure beside the same workload on a directory of the local disk (green: kvfs did better, red: worse; where kvfs uses two mounts, the local figure has the same processes sharing one local directory, as on one host). Latencies are milliseconds measured by the application; "lost" counts are things the application was told had succeeded and that were not there afterwards. Every experiment below has its charts, its table, its exact configuration, and where the time went inside the kvfs daemons (etcd, Redis, or the daemon and FUSE path).</p>
 </section>
 ${sections}
