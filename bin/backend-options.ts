@@ -304,6 +304,26 @@ export function backgroundLaunch(argv: string[], drop: string[], env: NodeJS.Pro
   return { args, env: childEnv };
 }
 
+/**
+ * How a command that runs other kvfs commands (kvfs bench) hands them its backend options: the
+ * TLS file options as given, and the passwords, wherever they came from (URL, file, environment),
+ * in KVFS_META_PASSWORD/KVFS_DATA_PASSWORD. The children's URLs must then be passed without
+ * passwords (stripPassword). The key is not passed on.
+ */
+export function childBackendLaunch(values: Values, backends: Backends): { args: string[]; env: NodeJS.ProcessEnv } {
+  const args: string[] = [];
+  for (const option of ['meta-ca', 'meta-cert', 'meta-key', 'data-ca', 'data-cert', 'data-key'] as const) {
+    const file = str(values[option]);
+    if (file !== undefined) args.push(`--${option}`, file);
+  }
+  const env: NodeJS.ProcessEnv = {};
+  const metaPassword = backends.meta.password ?? (backends.metaUrl ? passwordOf(backends.metaUrl) : '');
+  const dataPassword = backends.data.password ?? (backends.dataUrl ? passwordOf(backends.dataUrl) : '');
+  if (metaPassword) env[ENV.metaPassword] = metaPassword;
+  if (dataPassword) env[ENV.dataPassword] = dataPassword;
+  return { args, env };
+}
+
 /** The decoded password of a URL's user-info ('' when none). */
 function passwordOf(url: string): string {
   const m = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)@/is.exec(url);

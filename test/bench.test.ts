@@ -1,10 +1,14 @@
 // `kvfs bench --quick` on the embedded store: every workload is measured on kvfs and on its
-// ceilings, the JSON holds positive numbers for all of them, and nothing is left behind (no
-// mount, no daemon, no temp dir). No timing assertions: figures vary with the machine.
+// ceilings, the cost of encryption beside the plain figures, the JSON holds positive numbers for
+// all of them, and nothing is left behind (no mount, no daemon, no temp dir). No timing
+// assertions: figures vary with the machine. Also: the command line in the report never holds a
+// password, and the bench takes the shared backend options (a password-protected Redis).
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { redactArgs, redactUrls } from '../lib/bench/run';
 import { describeRun, kvfs, makeTempDir, pidAlive, procMounts, removeTempDir } from './_helpers/mount';
+import { startEtcd, startRedis } from './_helpers/servers';
 
 const WORKLOADS: Record<string, string[]> = {
   seqWrite: ['MBps'],
@@ -60,6 +64,21 @@ test('kvfs bench --quick measures every workload on kvfs and its ceilings, and c
       for (const [workload, fields] of Object.entries(WORKLOADS)) for (const f of fields) positive(who, workload, f);
     }
     for (const [workload, fields] of Object.entries(RAW)) for (const f of fields) positive('raw', workload, f);
+    // Encryption at rest: write and read on an encrypted volume, the cipher rate, side by side.
+    for (const workload of ['seqWrite', 'seqReadCold', 'seqReadWarm']) positive('kvfsEncrypted', workload, 'MBps');
+    positive('raw', 'aesGcm', 'sealMBps');
+    positive('raw', 'aesGcm', 'openMBps');
+    t.is(report.encryption.cipher, 'aes-256-gcm');
+    t.deepEqual(
+      report.encryption.costs.map((c: { workload: string }) => c.workload),
+      ['seq write 1 MiB + fsync', 'seq read, cold', 'seq read, warm'],
+    );
+    for (const c of report.encryption.costs) t.true(c.plain > 0 && c.encrypted > 0 && c.ratio > 0, JSON.stringify(c));
+    t.true(report.encryption.sealMBps > 0 && report.encryption.openMBps > 0, JSON.stringify(report.encryption));
+    t.regex(r.stdout, /Encryption at rest .*AES-256-GCM/);
+    t.regex(r.stdout, /seq write 1 MiB \+ fsync\s+MB\/s\s+[\d.]+\s+[\d.]+\s+[\d.]+\n/);
+    t.regex(r.stdout, /AES-256-GCM on 1024 KiB blocks.*seal [\d.]+ MB\/s, open [\d.]+ MB\/s/);
+    t.true(report.breakdown.kvfsEncrypted.seqReadCold?.[0].wallMs > 0, 'breakdown of the encrypted volume');
 
     // Where the time went: CPU time of both daemons for every loop, and the kvfs daemon's timers.
     for (const loop of ['seqWrite', 'seqReadCold', 'seqReadWarm', 'randomRead', 'smallCreate', 'smallRead', 'smallStat', 'smallUnlink', 'appendFsync']) {
@@ -85,10 +104,44 @@ test('kvfs bench --quick measures every workload on kvfs and its ceilings, and c
     );
     // Every daemon it started has exited (checked by pid: scanning all of /proc can block on a
     // process that is stuck in someone else's FUSE mount).
-    t.true(report.daemons.length >= 4, JSON.stringify(report.daemons));
+    t.true(report.daemons.length >= 6, JSON.stringify(report.daemons));
     for (const d of report.daemons as Array<{ what: string; pid: number }>) t.false(pidAlive(d.pid), `${d.what} (pid ${d.pid}) is still running`);
     t.deepEqual(fs.readdirSync(tmp), []);
   } finally {
+    removeTempDir(dir);
+  }
+});
+
+test('the command line in the report never holds a password, also one containing @', (t) => {
+  const argv = ['kvfs', 'bench', '--meta', 'etcd://root:p@ss:w@rd@127.0.0.1:2379/v', '--data=rediss://kvfs:s3@cr@t@h:6380/1', '--quick'];
+  const shown = redactArgs(argv);
+  t.is(shown, 'kvfs bench --meta etcd://root:***@127.0.0.1:2379/v --data=rediss://kvfs:***@h:6380/1 --quick');
+  for (const part of ['p@ss', 'w@rd', 'rd@', 's3@cr', 'cr@t', 't@h']) t.false(shown.includes(part), part);
+  t.is(redactUrls(argv.join(' ')), shown);
+});
+
+test('kvfs bench takes the shared backend options: etcd + a Redis with a password from --data-password-file', async (t) => {
+  const dir = makeTempDir('kvfs-bench-auth-');
+  const tmp = path.join(dir, 'tmp');
+  fs.mkdirSync(tmp);
+  const password = 'b@nch:pw/1';
+  const pwFile = path.join(dir, 'redis.pw');
+  fs.writeFileSync(pwFile, `${password}\n`, { mode: 0o600 });
+  const [etcd, redis] = await Promise.all([startEtcd(), startRedis({ password })]);
+  try {
+    const jsonFile = path.join(dir, 'bench.json');
+    const args = ['bench', '--quick', '--size', '4M', '--phases', 'write,read,encrypted', '--reps', '1', '--meta', `etcd://${etcd.hostPort}/b`, '--data', redis.url, '--data-password-file', pwFile, '--json', jsonFile];
+    const r = await kvfs(args, { timeoutMs: 240_000, env: { ...process.env, TMPDIR: tmp, KVFS_KEY: 'ab'.repeat(32) } });
+    t.is(r.code, 0, describeRun('kvfs bench with a Redis password', r));
+    t.false(r.stdout.includes(password) || r.stderr.includes(password), 'the password is never printed');
+    const report = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
+    t.false(JSON.stringify(report).includes(password), 'the report holds no password');
+    t.true(report.results.kvfsEncrypted.seqReadCold.MBps.median > 0);
+    t.true(report.results.kvfs.seqReadCold.MBps.median > 0);
+    for (const d of report.daemons as Array<{ what: string; pid: number }>) t.false(pidAlive(d.pid), `${d.what} (pid ${d.pid}) is still running`);
+    t.deepEqual(fs.readdirSync(tmp), []);
+  } finally {
+    await Promise.allSettled([etcd.stop(), redis.stop()]);
     removeTempDir(dir);
   }
 });

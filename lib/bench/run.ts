@@ -5,6 +5,11 @@
 // the real CLI (`node bin/kvfs.js mount ...`, foreground), the no-op filesystem by
 // lib/bench/noop-main.ts. Workload I/O in the process serving the mount would deadlock.
 // Everything started is stopped and every temp dir removed, also on errors and Ctrl-C.
+//
+// The cost of encryption at rest is measured in the same run: a second volume, formatted with
+// --encrypt and a key made for the run, gets the sequential write and the cold and warm reads,
+// interleaved with the plain volume's repetitions; and this process measures the AES-256-GCM
+// seal/open rate of block-sized buffers with the code the daemon uses (lib/data/encrypted.ts).
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -14,7 +19,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { UsageError } from '../errors';
-import { openBlockStore, parseBlockUrl } from '../data/index';
+import { measureCipher } from '../data/encrypted';
+import { openBlockStore, parseBlockUrl, stripPassword, type BackendSecurity } from '../data/index';
 import { mountAt } from '../fuse/mount';
 import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta } from '../meta/meta';
@@ -33,13 +39,22 @@ import {
   smallFiles,
 } from './workloads';
 
-export const PHASES = ['raw', 'write', 'read', 'random', 'small', 'append'] as const;
+export const PHASES = ['raw', 'write', 'read', 'encrypted', 'random', 'small', 'append'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchConfig {
   /** etcd://... or file:///DIR/NAME; a fresh volume with a name derived from NAME is made. */
   metaUrl?: string;
   dataUrl?: string;
+  /** Passwords and TLS material for the bench's own connections (raw measurements, clean-up). */
+  meta?: BackendSecurity;
+  data?: BackendSecurity;
+  /**
+   * For the child `kvfs format`/`kvfs mount` commands: the TLS options as given, and the
+   * passwords (in KVFS_META_PASSWORD/KVFS_DATA_PASSWORD, never on a command line).
+   */
+  childArgs?: string[];
+  childEnv?: NodeJS.ProcessEnv;
   size: number;
   quick: boolean;
   reps: number;
@@ -50,6 +65,8 @@ export interface BenchConfig {
   rawBlocks: number;
   rawTxns: number;
   rawConcurrentTxns: number;
+  /** Block-sized buffers sealed and opened per repetition for the AES-256-GCM rate. */
+  cipherBlocks: number;
   concurrency: number;
   blockParallel: number;
   phases: Phase[];
@@ -80,6 +97,16 @@ export interface Comparison {
   /** 'ratio >= 0.5', 'ratio <= 1.5', or undefined where the issue sets no target. */
   target?: string;
   pass?: boolean;
+}
+
+/** One figure on the plain volume beside the same figure on the encrypted one. */
+export interface EncryptionCost {
+  workload: string;
+  unit: string;
+  plain: number;
+  encrypted: number;
+  /** encrypted / plain. */
+  ratio: number;
 }
 
 export interface BenchReport {
@@ -114,8 +141,11 @@ export interface BenchReport {
     raw: { blocks: number; blockParallel: number; txns: number; concurrentTxns: number; concurrency: number };
     note: string;
   };
-  results: { kvfs: Figures; noop: Figures; raw: Figures };
+  /** kvfsEncrypted: the same workloads on a volume made with --encrypt; raw.aesGcm: cipher rate. */
+  results: { kvfs: Figures; noop: Figures; raw: Figures; kvfsEncrypted: Figures };
   comparison: Comparison[];
+  /** Encryption at rest: plain beside encrypted, and the cipher rate in the bench process. */
+  encryption: { cipher: string; costs: EncryptionCost[]; sealMBps: number; openMBps: number };
   /** Every daemon the run started (all stopped by the end of the run). */
   daemons: Array<{ what: string; pid: number }>;
   /**
@@ -125,7 +155,7 @@ export interface BenchReport {
    * operation the count and the time in the handler, of which waiting on the metadata engine
    * and on the block store; background = backend time outside any operation.
    */
-  breakdown: { kvfs: Record<string, Breakdown[]>; noop: Record<string, Breakdown[]> };
+  breakdown: { kvfs: Record<string, Breakdown[]>; noop: Record<string, Breakdown[]>; kvfsEncrypted: Record<string, Breakdown[]> };
   error?: string;
 }
 
@@ -161,9 +191,23 @@ const NOOP_MAIN = path.join(__dirname, 'noop-main.js');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 
-/** Removes user:password@ from URLs in a string. */
+/**
+ * A command line for the report, with the password of every URL in it replaced by *** (whole:
+ * stripPassword ends the user-info at the last '@', so a password containing '@' goes entirely).
+ * Each argument is redacted on its own, also in the --opt=URL form.
+ */
+export function redactArgs(argv: readonly string[]): string {
+  return argv
+    .map((arg) => {
+      const m = /^(--[A-Za-z0-9-]+=)(.*)$/s.exec(arg);
+      return m ? m[1] + stripPassword(m[2], '***') : stripPassword(arg, '***');
+    })
+    .join(' ');
+}
+
+/** Replaces the passwords of URLs in a space-separated command line with ***. */
 export function redactUrls(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)([^@/\s]*)@/gi, (_, scheme: string, cred: string) => `${scheme}${cred.split(':')[0]}:***@`);
+  return redactArgs(text.split(' '));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,8 +313,10 @@ function emergencyCleanup(): void {
 }
 
 /** A mounted filesystem the workloads run on. */
+type TargetName = 'kvfs' | 'noop' | 'kvfsEncrypted';
+
 interface Target {
-  name: 'kvfs' | 'noop';
+  name: TargetName;
   label: string;
   mnt: string;
   mount(): Promise<void>;
@@ -282,7 +328,7 @@ interface Target {
 }
 
 function makeTarget(
-  name: 'kvfs' | 'noop',
+  name: TargetName,
   mnt: string,
   env: NodeJS.ProcessEnv,
   started: (what: string, pid: number) => void,
@@ -290,7 +336,7 @@ function makeTarget(
   stop: (d: Daemon) => Promise<void>,
 ): Target {
   let daemon: Daemon | undefined;
-  const label = name === 'kvfs' ? 'kvfs' : 'no-op FUSE';
+  const label = name === 'kvfs' ? 'kvfs' : name === 'noop' ? 'no-op FUSE' : 'kvfs encrypted';
   const target: Target = {
     name,
     label,
@@ -448,7 +494,7 @@ function daemonProbe(home: string | undefined, mnt: string, pid: () => number | 
 // The run
 
 class Recorder {
-  readonly runs: Record<string, Record<string, Record<string, number[]>>> = { kvfs: {}, noop: {}, raw: {} };
+  readonly runs: Record<string, Record<string, Record<string, number[]>>> = { kvfs: {}, noop: {}, raw: {}, kvfsEncrypted: {} };
 
   add(who: string, workload: string, values: Record<string, number>): void {
     const w = (this.runs[who][workload] ??= {});
@@ -485,42 +531,60 @@ function machine(): BenchReport['machine'] {
 }
 
 /** The volume the bench formats: a fresh name derived from the given one. */
-function planVolume(cfg: BenchConfig, tmp: string): { metaUrl: string; rawMetaUrl: string; rawDataUrl: string; dataUrl?: string; embeddedDirs: string[] } {
+function planVolume(
+  cfg: BenchConfig,
+  tmp: string,
+): { metaUrl: string; encMetaUrl: string; rawMetaUrl: string; rawDataUrl: string; dataUrl?: string; embeddedDirs: string[] } {
   const suffix = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
   if (!cfg.metaUrl) {
     const store = path.join(tmp, 'store');
     return {
       metaUrl: pathToFileURL(path.join(store, 'bench')).href,
+      encMetaUrl: pathToFileURL(path.join(store, 'bench-encrypted')).href,
       rawMetaUrl: pathToFileURL(path.join(store, 'raw')).href,
       rawDataUrl: pathToFileURL(path.join(store, 'raw')).href,
       dataUrl: cfg.dataUrl,
       embeddedDirs: [],
     };
   }
-  const parsed = parseMetaUrl(cfg.metaUrl);
+  const parsed = parseMetaUrl(cfg.metaUrl, cfg.meta);
   const name = `${parsed.volume.slice(0, 40)}-bench-${suffix}`;
   const withName = (n: string) => cfg.metaUrl!.replace(/\/[^/]*$/, `/${n}`);
   if (parsed.scheme === 'etcd') {
     if (!cfg.dataUrl) throw new UsageError('kvfs bench --meta etcd://... needs --data redis://HOST:PORT (where the fresh volume keeps its blocks)');
-    parseBlockUrl(cfg.dataUrl);
-    return { metaUrl: withName(name), rawMetaUrl: withName(`${name}-raw`), rawDataUrl: cfg.dataUrl, dataUrl: cfg.dataUrl, embeddedDirs: [] };
+    parseBlockUrl(cfg.dataUrl, cfg.data);
+    return {
+      metaUrl: withName(name),
+      encMetaUrl: withName(`${name}-enc`),
+      rawMetaUrl: withName(`${name}-raw`),
+      rawDataUrl: cfg.dataUrl,
+      dataUrl: cfg.dataUrl,
+      embeddedDirs: [],
+    };
   }
   // Embedded in a directory the user chose (to measure that disk): fresh dirs beside NAME.
   const dir = path.dirname(parsed.dir);
   const volDir = path.join(dir, name);
   const rawDir = path.join(dir, `${name}-raw`);
+  const encDir = path.join(dir, `${name}-enc`);
   return {
     metaUrl: pathToFileURL(volDir).href,
+    encMetaUrl: pathToFileURL(encDir).href,
     rawMetaUrl: pathToFileURL(rawDir).href,
     rawDataUrl: pathToFileURL(rawDir).href,
     dataUrl: cfg.dataUrl,
-    embeddedDirs: [volDir, rawDir],
+    embeddedDirs: [volDir, rawDir, encDir],
   };
 }
 
 /** Deletes an etcd volume's keys and its blocks (the bench volume and its scratch namespace). */
-async function destroyRemoteVolume(metaUrl: string, dataUrl: string | undefined, uuid: string | undefined): Promise<void> {
-  const { kv } = await openKv(metaUrl, { create: false });
+async function destroyRemoteVolume(
+  metaUrl: string,
+  dataUrl: string | undefined,
+  uuid: string | undefined,
+  security: { meta?: BackendSecurity; data?: BackendSecurity },
+): Promise<void> {
+  const { kv } = await openKv(metaUrl, { create: false, security: security.meta });
   try {
     for (;;) {
       const pairs = await kv.scan('', { limit: 100 });
@@ -533,7 +597,8 @@ async function destroyRemoteVolume(metaUrl: string, dataUrl: string | undefined,
     await kv.close();
   }
   if (dataUrl && uuid) {
-    const store = await openBlockStore(dataUrl, uuid);
+    // The raw store, also for the encrypted volume: deleting needs no key.
+    const store = await openBlockStore(dataUrl, uuid, { security: security.data });
     try {
       const ids: string[] = [];
       await store.list((batch) => void ids.push(...batch));
@@ -570,8 +635,12 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
   fs.chmodSync(tmp, 0o755);
   live.dirs.add(tmp);
-  const env: NodeJS.ProcessEnv = { ...process.env, KVFS_HOME: path.join(tmp, 'home') };
-  delete env.NODE_OPTIONS;
+  // The child commands get every URL and option explicitly, and the key of the encrypted volume
+  // only through --key-file: none of the variables that would choose or change them.
+  const env: NodeJS.ProcessEnv = { ...process.env, ...(cfg.childEnv ?? {}), KVFS_HOME: path.join(tmp, 'home') };
+  for (const v of ['NODE_OPTIONS', 'KVFS_META', 'KVFS_DATA', 'KVFS_KEY', 'KVFS_KEY_FILE']) delete env[v];
+  const childArgs = cfg.childArgs ?? [];
+  const security = { meta: cfg.meta, data: cfg.data };
 
   let plan: ReturnType<typeof planVolume>;
   try {
@@ -593,9 +662,9 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     command: cfg.command,
     machine: machine(),
     config: {
-      meta: parseMetaUrl(plan.metaUrl).describe,
-      data: plan.dataUrl ? parseBlockUrl(plan.dataUrl).describe : `${parseMetaUrl(plan.metaUrl).describe} (embedded blocks.db)`,
-      volume: parseMetaUrl(plan.metaUrl).volume,
+      meta: parseMetaUrl(plan.metaUrl, cfg.meta).describe,
+      data: plan.dataUrl ? parseBlockUrl(plan.dataUrl, cfg.data).describe : `${parseMetaUrl(plan.metaUrl, cfg.meta).describe} (embedded blocks.db)`,
+      volume: parseMetaUrl(plan.metaUrl, cfg.meta).volume,
       blockSize: 0,
       size: cfg.size,
       quick: cfg.quick,
@@ -607,14 +676,15 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       raw: { blocks: cfg.rawBlocks, blockParallel: cfg.blockParallel, txns: cfg.rawTxns, concurrentTxns: cfg.rawConcurrentTxns, concurrency: cfg.concurrency },
       note: 'figures are medians of the repetitions; MB/s = 10^6 bytes/s; ratio = kvfs / ceiling',
     },
-    results: { kvfs: {}, noop: {}, raw: {} },
+    results: { kvfs: {}, noop: {}, raw: {}, kvfsEncrypted: {} },
     comparison: [],
-    breakdown: { kvfs: {}, noop: {} },
+    encryption: { cipher: 'aes-256-gcm', costs: [], sealMBps: NaN, openMBps: NaN },
+    breakdown: { kvfs: {}, noop: {}, kvfsEncrypted: {} },
     daemons: [],
   };
   const kvfsHome = env.KVFS_HOME!;
   const probeOf = (t: Target): Probe =>
-    daemonProbe(t.name === 'kvfs' ? kvfsHome : undefined, t.mnt, () => t.pid(), (name, b) => (report.breakdown[t.name][name] ??= []).push(b));
+    daemonProbe(t.name !== 'noop' ? kvfsHome : undefined, t.mnt, () => t.pid(), (name, b) => (report.breakdown[t.name][name] ??= []).push(b));
   const probed = async <T>(t: Target, name: string, fn: () => Promise<T>): Promise<T> => {
     const p = probeOf(t);
     await p.start();
@@ -626,35 +696,45 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
   const targets: Target[] = [];
   try {
     // A fresh volume, formatted by the real CLI.
-    log(`kvfs bench: formatting a fresh volume ${report.config.meta}`);
-    const formatArgs = [CLI, 'format', '--meta', plan.metaUrl, ...(plan.dataUrl ? ['--data', plan.dataUrl] : [])];
-    const formatted = await runCommand(process.execPath, formatArgs, env, 60_000);
-    if (formatted.code !== 0) throw new UsageError(`could not format the bench volume: ${formatted.out.split('\n').pop()}`);
-    let uuid: string | undefined;
+    // Children get URLs without passwords (those are in their environment, see cfg.childEnv).
+    const urlArgs = (metaUrl: string) => ['--meta', stripPassword(metaUrl), ...(plan.dataUrl ? ['--data', stripPassword(plan.dataUrl)] : []), ...childArgs];
+    const remote = parseMetaUrl(plan.metaUrl, cfg.meta).scheme === 'etcd';
+    const uuids = new Map<string, string>();
     cleanups.push(async () => {
-      if (parseMetaUrl(plan.metaUrl).scheme === 'etcd') {
-        await destroyRemoteVolume(plan.metaUrl, plan.dataUrl, uuid);
-        await destroyRemoteVolume(plan.rawMetaUrl, undefined, undefined);
-      }
+      if (!remote) return;
+      await destroyRemoteVolume(plan.metaUrl, plan.dataUrl, uuids.get(plan.metaUrl), security);
+      if (uuids.has(plan.encMetaUrl)) await destroyRemoteVolume(plan.encMetaUrl, plan.dataUrl, uuids.get(plan.encMetaUrl), security);
+      await destroyRemoteVolume(plan.rawMetaUrl, undefined, undefined, security);
     });
-    {
-      const { kv, describe } = await openKv(plan.metaUrl, { create: false });
+    const format = async (metaUrl: string, extra: string[]) => {
+      const formatted = await runCommand(process.execPath, [CLI, 'format', ...urlArgs(metaUrl), ...extra], env, 60_000);
+      if (formatted.code !== 0) throw new UsageError(`could not format the bench volume: ${formatted.out.split('\n').pop()}`);
+      const { kv, describe } = await openKv(metaUrl, { create: false, security: cfg.meta });
       try {
         const settings = await Meta.loadSettings(kv, describe);
         if (!settings) throw new Error(`the volume ${describe} just formatted has no settings`);
-        uuid = settings.uuid;
-        report.config.blockSize = settings.blockSize;
+        uuids.set(metaUrl, settings.uuid);
+        return settings;
       } finally {
         await kv.close();
       }
+    };
+    log(`kvfs bench: formatting a fresh volume ${report.config.meta}`);
+    report.config.blockSize = (await format(plan.metaUrl, [])).blockSize;
+    // The encrypted volume: a key made for this run, in a file only we can read, gone with tmp.
+    const keyFile = path.join(tmp, 'bench.key');
+    if (has('encrypted')) {
+      fs.writeFileSync(keyFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+      log(`kvfs bench: formatting a fresh encrypted volume ${parseMetaUrl(plan.encMetaUrl, cfg.meta).describe} (AES-256-GCM, a random key for this run)`);
+      await format(plan.encMetaUrl, ['--encrypt', '--key-file', keyFile]);
     }
     const blockSize = report.config.blockSize;
     c.check();
 
     // Raw backends, through the engines kvfs uses.
     if (has('raw')) {
-      const { kv } = await openKv(plan.rawMetaUrl);
-      const store = await openBlockStore(plan.rawDataUrl, `bench-raw-${randomBytes(4).toString('hex')}`).catch(async (err) => {
+      const { kv } = await openKv(plan.rawMetaUrl, { security: cfg.meta });
+      const store = await openBlockStore(plan.rawDataUrl, `bench-raw-${randomBytes(4).toString('hex')}`, { security: cfg.data }).catch(async (err) => {
         await kv.close();
         throw err;
       });
@@ -683,44 +763,68 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
       }
     }
 
-    // The two filesystems, side by side.
+    // AES-256-GCM in this process, with the daemon's own seal/open code: the cipher's share.
+    if (has('encrypted')) {
+      measureCipher(blockSize, 4); // unmeasured warm-up
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        c.check();
+        const r = measureCipher(blockSize, cfg.cipherBlocks);
+        rec.add('raw', 'aesGcm', { sealMBps: r.sealMBps, openMBps: r.openMBps });
+        log(`AES-256-GCM ${blockSize / 1024} KiB blocks, one core  rep ${rep + 1}/${cfg.reps}: seal ${fmt(r.sealMBps, '')} MB/s, open ${fmt(r.openMBps, '')} MB/s`);
+        await new Promise<void>((r) => setImmediate(r));
+      }
+    }
+
+    // The two filesystems side by side, and the encrypted volume beside them for write and read.
     const mntK = path.join(tmp, 'mnt-kvfs');
     const mntN = path.join(tmp, 'mnt-noop');
-    for (const m of [mntK, mntN]) fs.mkdirSync(m, { mode: 0o755 });
+    const mntE = path.join(tmp, 'mnt-kvfs-encrypted');
+    for (const m of [mntK, mntN, mntE]) fs.mkdirSync(m, { mode: 0o755 });
     if (cfg.profileDir) fs.mkdirSync(cfg.profileDir, { recursive: true });
     const nodeArgs = cfg.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(cfg.profileDir)}`] : [];
-    const kvfsTarget = makeTarget(
-      'kvfs',
-      mntK,
-      env,
-      (what, pid) => report.daemons.push({ what, pid }),
-      () => [...nodeArgs, CLI, 'mount', '--meta', plan.metaUrl, ...(plan.dataUrl ? ['--data', plan.dataUrl] : []), mntK],
-      async () => {
-        const r = await runCommand(process.execPath, [CLI, 'umount', mntK], env, 90_000);
-        if (r.code !== 0) throw new Error(r.out);
-      },
-    );
+    const kvfsAt = (name: 'kvfs' | 'kvfsEncrypted', mnt: string, metaUrl: string, extra: string[]) =>
+      makeTarget(
+        name,
+        mnt,
+        env,
+        (what, pid) => report.daemons.push({ what, pid }),
+        () => [...nodeArgs, CLI, 'mount', ...urlArgs(metaUrl), ...extra, mnt],
+        async () => {
+          const r = await runCommand(process.execPath, [CLI, 'umount', mnt], env, 90_000);
+          if (r.code !== 0) throw new Error(r.out);
+        },
+      );
+    const kvfsTarget = kvfsAt('kvfs', mntK, plan.metaUrl, []);
     const noopTarget = makeTarget('noop', mntN, env, (what, pid) => report.daemons.push({ what, pid }), () => [NOOP_MAIN, mntN], async (d) => d.kill('SIGTERM'));
-    targets.push(kvfsTarget, noopTarget);
-    const fsPhases = cfg.phases.filter((p) => p !== 'raw');
-    if (fsPhases.length > 0) {
-      for (const t of targets) {
+    const encTarget = has('encrypted') ? kvfsAt('kvfsEncrypted', mntE, plan.encMetaUrl, ['--key-file', keyFile]) : undefined;
+    /** The targets of every workload; the encrypted volume only joins the write and read loops. */
+    const plain = [kvfsTarget, noopTarget];
+    targets.push(...plain, ...(encTarget ? [encTarget] : []));
+    const plainPhases = cfg.phases.filter((p) => p !== 'raw' && p !== 'encrypted');
+    for (const t of targets) {
+      if (t === encTarget || plainPhases.length > 0) {
         log(`mounting ${t.label} at ${t.mnt}`);
         await t.mount();
       }
     }
-    const pad = (label: string) => label.padEnd(10);
+    const pad = (label: string) => label.padEnd(14);
     const bigOf = (t: Target, rep: number) => path.join(t.mnt, `seq-${rep}`);
-    let big = (t: Target) => bigOf(t, 0);
+    /** Whether the sequential write is measured on t (else it only makes the file to read). */
+    const writeMeasured = (t: Target) => (t === encTarget ? true : has('write'));
+    const repsOf = (t: Target) => (writeMeasured(t) ? cfg.reps : 1);
+    const big = (t: Target) => bigOf(t, repsOf(t) - 1);
+    const writeTargets = [...(has('write') || has('read') || has('random') ? plain : []), ...(encTarget ? [encTarget] : [])];
+    const readTargets = [...(has('read') ? plain : []), ...(encTarget ? [encTarget] : [])];
 
-    if (has('write') || has('read') || has('random')) {
-      const reps = has('write') ? cfg.reps : 1;
+    if (writeTargets.length > 0) {
+      const reps = Math.max(...writeTargets.map(repsOf));
       for (let rep = 0; rep < reps; rep++) {
-        for (const t of targets) {
+        for (const t of writeTargets) {
+          if (rep >= repsOf(t)) continue;
           c.check();
           const r = await probed(t, 'seqWrite', () => seqWrite(bigOf(t, rep), cfg.size, c));
           if (rep > 0) fs.unlinkSync(bigOf(t, rep - 1));
-          if (has('write')) {
+          if (writeMeasured(t)) {
             rec.add(t.name, 'seqWrite', { MBps: r.MBps });
             log(`seq write ${fmtSize(cfg.size)} incl. fsync  rep ${rep + 1}/${reps}  ${pad(t.label)} ${fmt(r.MBps, '')} MB/s (${r.seconds.toFixed(1)} s)`);
           } else {
@@ -728,12 +832,11 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
           }
         }
       }
-      big = (t: Target) => bigOf(t, reps - 1);
     }
 
-    if (has('read')) {
+    if (readTargets.length > 0) {
       for (let rep = 0; rep < cfg.reps; rep++) {
-        for (const t of targets) {
+        for (const t of readTargets) {
           c.check();
           await t.unmount();
           await t.mount();
@@ -749,7 +852,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
 
     if (has('random')) {
       for (let rep = 0; rep < cfg.reps; rep++) {
-        for (const t of targets) {
+        for (const t of plain) {
           c.check();
           // Cold, like the cold read: otherwise every read is a hit in the kernel's page cache.
           await t.unmount();
@@ -764,7 +867,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
 
     if (has('small')) {
       for (let rep = 0; rep < cfg.reps; rep++) {
-        for (const t of targets) {
+        for (const t of plain) {
           c.check();
           const r = await smallFiles(path.join(t.mnt, `small-${rep}`), cfg.smallFiles, c, probeOf(t));
           rec.add(t.name, 'smallFiles', { createPerSec: r.createPerSec, readPerSec: r.readPerSec, statPerSec: r.statPerSec, unlinkPerSec: r.unlinkPerSec });
@@ -778,7 +881,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
 
     if (has('append')) {
       for (let rep = 0; rep < cfg.reps; rep++) {
-        for (const t of targets) {
+        for (const t of plain) {
           c.check();
           const r = await probed(t, 'appendFsync', () => appendFsync(path.join(t.mnt, `append-${rep}`), cfg.appends, c));
           rec.add(t.name, 'appendFsync', { p50Ms: r.p50Ms, p99Ms: r.p99Ms, opsPerSec: r.opsPerSec });
@@ -812,8 +915,9 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     }
     for (const s of sigs) process.off(s, onSignal);
     process.off('exit', emergencyCleanup);
-    report.results = { kvfs: rec.figures('kvfs'), noop: rec.figures('noop'), raw: rec.figures('raw') };
+    report.results = { kvfs: rec.figures('kvfs'), noop: rec.figures('noop'), raw: rec.figures('raw'), kvfsEncrypted: rec.figures('kvfsEncrypted') };
     report.comparison = compare(report.results);
+    report.encryption = encryptionCost(report.results);
     report.finishedAt = new Date().toISOString();
     report.machine.loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100);
     report.seconds = Math.round((performance.now() - t0) / 100) / 10;
@@ -873,6 +977,22 @@ export function compare(r: BenchReport['results']): Comparison[] {
   }
   row('append 4K + fsync p50 (FUSE)', 'ms', m(k, 'appendFsync', 'p50Ms'), m(n, 'appendFsync', 'p50Ms'), 'no-op FUSE');
   return out;
+}
+
+/** Encryption at rest: each figure of the encrypted volume beside the plain volume's. */
+export function encryptionCost(r: BenchReport['results']): BenchReport['encryption'] {
+  const m = (f: Figures, w: string, k: string): number => f[w]?.[k]?.median ?? NaN;
+  const costs: EncryptionCost[] = [];
+  for (const [workload, w] of [
+    ['seq write 1 MiB + fsync', 'seqWrite'],
+    ['seq read, cold', 'seqReadCold'],
+    ['seq read, warm', 'seqReadWarm'],
+  ] as const) {
+    const plain = m(r.kvfs, w, 'MBps');
+    const encrypted = m(r.kvfsEncrypted, w, 'MBps');
+    if (Number.isFinite(encrypted)) costs.push({ workload, unit: 'MB/s', plain, encrypted, ratio: encrypted / plain });
+  }
+  return { cipher: 'aes-256-gcm', costs, sealMBps: m(r.raw, 'aesGcm', 'sealMBps'), openMBps: m(r.raw, 'aesGcm', 'openMBps') };
 }
 
 const BREAKDOWN_LABELS: Record<string, string> = {
@@ -939,6 +1059,27 @@ export function formatReport(report: BenchReport): string {
       );
     }
   }
+  const enc = report.encryption;
+  if (enc && (enc.costs.length > 0 || Number.isFinite(enc.sealMBps))) {
+    lines.push('');
+    lines.push('Encryption at rest (kvfs format --encrypt, AES-256-GCM): the same workloads on an encrypted volume, same run:');
+    const eh = ['workload', 'unit', 'plain', 'encrypted', 'encrypted/plain'];
+    const er = enc.costs.map((x) => [x.workload, x.unit, fmt(x.plain, x.unit), fmt(x.encrypted, x.unit), Number.isFinite(x.ratio) ? x.ratio.toFixed(2) : '-']);
+    const ew = eh.map((h, i) => Math.max(h.length, ...er.map((r) => r[i].length)));
+    const eline = (cells: string[]) => cells.map((cell, i) => (i >= 2 ? cell.padStart(ew[i]) : cell.padEnd(ew[i]))).join('  ').trimEnd();
+    if (er.length > 0) {
+      lines.push(`  ${eline(eh)}`);
+      lines.push(`  ${ew.map((w) => '-'.repeat(w)).join('  ')}`);
+      for (const r of er) lines.push(`  ${eline(r)}`);
+    }
+    if (Number.isFinite(enc.sealMBps)) {
+      lines.push(
+        `  AES-256-GCM on ${c.blockSize / 1024} KiB blocks, one core of this machine (the daemon's seal/open code): ` +
+          `seal ${fmt(enc.sealMBps, '')} MB/s, open ${fmt(enc.openMBps, '')} MB/s`,
+      );
+    }
+  }
+
   const names = Object.keys(report.breakdown.kvfs);
   if (names.length > 0) {
     const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
