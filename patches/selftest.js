@@ -31,12 +31,13 @@ fs.mkdirSync(MNT)
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
 const GiB = 1024 * 1024 * 1024
+const GiBn = 1024n * 1024n * 1024n
 const INO_BASE = 0x100000000 // > 2^32: checks that st_ino is passed with 64 bits
 
 // ---------------------------------------------------------------- the in-memory filesystem
 const nodes = new Map()
 let nextIno = 2
-const log = { create: [], utimens: [], writes: [], reads: [], fgetattr: [], chown: [], fh: [] }
+const log = { create: [], utimens: [], writes: [], reads: [], fgetattr: [], chown: [], fh: [], locks: [], flocks: [] }
 let slowGetattrMs = 0
 let inFlight = 0
 let peakInFlight = 0
@@ -151,7 +152,14 @@ const ops = {
     if (name === 'user.long') return cb(0, Buffer.alloc(100, 0x61))
     cb(0, null)
   },
-  listxattr (p, cb) { cb(0, ['user.long']) }
+  listxattr (p, cb) { cb(0, ['user.long']) },
+  // Record the lock calls; F_GETLK answers with a made-up conflicting lock.
+  lock (p, fd, cmd, lock, owner, cb) {
+    log.locks.push({ path: p, fd, cmd, ...lock, owner })
+    if (cmd === 5) return cb(0, { type: 1, start: 5n * GiBn, len: 7n, pid: process.pid })
+    cb(0)
+  },
+  flock (p, fd, op, owner, cb) { log.flocks.push({ path: p, fd, op, owner }); cb(0) }
 }
 
 // Handle numbers: files named fh-<n> get handle n, everything else handle 1.
@@ -319,6 +327,28 @@ async function main () {
     'print(r1,e1==34,r2,e2==34,len(os.getxattr(sys.argv[1],"user.long")))'
   const xr = await run('python3', ['-c', py, x])
   check('getxattr/listxattr with a small buffer give ERANGE; full size works', xr === '-1 True -1 True 100', xr)
+
+  console.log('record and BSD locks reach JS', ((Date.now() - T0) / 1000).toFixed(1) + ' s')
+  const lockPy = 'import fcntl,os,struct,sys\n' +
+    'fd=os.open(sys.argv[1],os.O_RDWR)\n' +
+    'fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB,100,6*1024**3,os.SEEK_SET)\n' +
+    'r=fcntl.fcntl(fd,fcntl.F_GETLK,struct.pack("hhqqi",fcntl.F_WRLCK,0,0,0,0))\n' +
+    't,w,st,ln,pid=struct.unpack("hhqqi",r)\n' +
+    'fcntl.flock(fd,fcntl.LOCK_SH)\n' +
+    'print(t,st,ln,pid)\n' +
+    'os.close(fd)'
+  const lockOut = await run('python3', ['-c', lockPy, x])
+  const setlk = log.locks.find(l => l.cmd === 6 && l.type === 1)
+  check('fcntl F_SETLK reaches ops.lock with type, 64-bit start, len and an owner',
+    setlk && setlk.path === '/x' && setlk.start === 6n * GiBn && setlk.len === 100n && typeof setlk.owner === 'bigint' && setlk.owner !== 0n, JSON.stringify(setlk, (k, v) => typeof v === 'bigint' ? String(v) : v))
+  check('F_GETLK returns the conflicting lock JS answered with', lockOut === `1 ${5n * GiBn} 7 ${process.pid}`, lockOut)
+  const sh = log.flocks.find(f => f.op === 1)
+  check('flock(LOCK_SH) reaches ops.flock with an owner', sh && sh.path === '/x' && typeof sh.owner === 'bigint', JSON.stringify(log.flocks, (k, v) => typeof v === 'bigint' ? String(v) : v))
+  // release (with LOCK_UN) is sent after close() returns: wait for it
+  for (let i = 0; i < 50 && !log.flocks.some(f => f.op === 8); i++) await new Promise(resolve => setTimeout(resolve, 20))
+  check('close unlocks: F_UNLCK of the whole file for the same owner, LOCK_UN at release',
+    log.locks.some(l => l.cmd === 6 && l.type === 2 && l.start === 0n && l.len === 0n && l.owner === setlk?.owner) && log.flocks.some(f => f.op === 8 && f.owner === sh?.owner),
+    JSON.stringify({ locks: log.locks.length, flocks: log.flocks.map(f => f.op) }))
 
   console.log('FUSE thread reuse under concurrency', ((Date.now() - T0) / 1000).toFixed(1) + ' s')
   // libfuse's mt loop starts a thread per concurrent request and ends threads beyond 10 idle ones.
