@@ -138,13 +138,14 @@ test('encrypted: keys are 64 hex digits, and never shown', (t) => {
   t.is(String(k), '[key from --key-file K]');
 });
 
-test('encrypted: without a key the store is locked: get and put fail with EACCES, list, delete and usage work', async (t) => {
+test('encrypted: without a key the store is locked: get of a stored block and put fail with EACCES; list, delete, usage and get of a missing block work', async (t) => {
   const uuid = randomUUID();
   const { store } = await redisPair(t, uuid);
   await store.put('1', Buffer.from('x'));
   const locked = new EncryptedBlocks(await openBlockStore(server.url, uuid), { volumeUuid: uuid, key: undefined, describe: 'etcd://h/vol' });
   t.teardown(() => locked.close());
   t.false(locked.unlocked);
+  t.is(await locked.get('nope'), undefined, 'whether a block exists needs no key');
   for (const op of [() => locked.get('1'), () => locked.put('2', Buffer.from('y'))]) {
     const err = await t.throwsAsync(op(), { instanceOf: FsError });
     t.is((err as FsError).code, 'EACCES');

@@ -33,7 +33,9 @@ Options:
   --log FILE            log file in the background (default
                         $KVFS_HOME/log/mount-NAME.log)
   --no-allow-other      only the mounting user may use the mount (default: every
-                        user may, with permissions checked as on a disk; root only)
+                        user may, with permissions checked as on a disk, when
+                        root mounts, or another user and /etc/fuse.conf has
+                        user_allow_other; otherwise only the mounting user)
   --read-only           refuse every change with EROFS
   --attr-cache SECONDS  how long the daemon trusts cached attributes before asking
                         the metadata store again (default 1; 0 = always ask).
@@ -62,6 +64,12 @@ Options:
                         latest this long after the oldest uncommitted write
   --max-dirty SIZE      uncommitted data all open files may hold; writers then
                         wait for commits (default 512M)
+  --locks global|local  global (default): fcntl/lockf and flock locks hold across
+                        every mount of the volume (kept in the metadata store; each
+                        lock change is a transaction, and locks of a mount that died
+                        go with its session). local: the kernel arbitrates them on
+                        this mount alone (faster; processes on other mounts do not
+                        see them)
   --session-ttl SECONDS how long this mount stays registered after it stops
                         answering (crash, cut off); after that other mounts reclaim
                         files it held open, and its uncommitted writes are refused
@@ -100,7 +108,23 @@ const OPTIONS = {
   'max-dirty': { type: 'string' },
   'backend-timeout': { type: 'string' },
   'session-ttl': { type: 'string' },
+  locks: { type: 'string' },
 } as const;
+
+/**
+ * Whether this process may mount with allow_other: root may; another user only when
+ * /etc/fuse.conf has `user_allow_other` (fusermount refuses it otherwise, and the mount fails).
+ */
+function mayAllowOther(): boolean {
+  if (process.getuid?.() === 0) return true;
+  try {
+    return readFileSync('/etc/fuse.conf', 'utf8')
+      .split('\n')
+      .some((line) => line.replace(/#.*/, '').trim() === 'user_allow_other');
+  } catch {
+    return false;
+  }
+}
 
 /**
  * -d: start this same command as a detached daemon and return when it reports the mount ready.
@@ -144,6 +168,8 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const entryCache = parseSeconds(str(values['entry-cache']) ?? '1', '--entry-cache');
   const kernelCache = parseSeconds(str(values['kernel-cache']) ?? '0', '--kernel-cache');
   const cacheBytes = parseSize(str(values['cache-size']) ?? '256M', '--cache-size');
+  const locks = str(values.locks) ?? 'global';
+  if (locks !== 'global' && locks !== 'local') throw new UsageError(`--locks takes global or local, not '${locks}'`);
   const writeback = str(values.writeback) ?? 'on';
   if (writeback !== 'on' && writeback !== 'off') throw new UsageError(`--writeback takes on or off, not '${writeback}'`);
   const flushInterval = parseSeconds(str(values['flush-interval']) ?? '5', '--flush-interval');
@@ -195,12 +221,13 @@ export async function mountCommand(argv: string[]): Promise<number> {
     sessions = await startSession(fs, { mountpoint, version, ttlSeconds: Math.round(sessionTtl) }, (line) => console.error(line));
     mounted = await mount(fs, mountpoint, {
       source: `kvfs:${volume.settings.name}`,
-      allowOther: !values['no-allow-other'],
+      allowOther: !values['no-allow-other'] && mayAllowOther(),
       readOnly: Boolean(values['read-only']),
       attrTimeout: kernelCache,
       entryTimeout: kernelCache,
       // Longer than the backend timeout, so the daemon's own error (with its errno) wins.
       opTimeout: backendTimeout * 2 + 5,
+      locks,
       metrics,
       observe: (op, errno, ms) => {
         if (errno === 5 || errno === 110) console.error(`kvfs: ${op} failed with errno ${errno} after ${ms.toFixed(0)} ms`);

@@ -154,7 +154,8 @@ export interface EncryptedBlocksOptions {
   volumeUuid: string;
   /**
    * The volume's key, already checked with keyMatches(). Undefined: the store is locked: list,
-   * delete, usage work (gc, status), get and put fail with EACCES saying a key is needed.
+   * delete, usage work (gc, status), and get of a missing block (undefined); get of a stored
+   * block and put fail with EACCES saying a key is needed.
    */
   key: EncryptionKey | undefined;
   /** How to name the volume in the locked message. */
@@ -196,10 +197,11 @@ export class EncryptedBlocks implements BlockStore {
     await this.inner.put(id, sealBlock(key, this.uuid, id, data));
   }
 
+  /** Whether a block exists needs no key (fsck confirming a missing block); its contents do. */
   async get(id: string): Promise<Buffer | undefined> {
-    const key = this.keyOrFail();
     const sealed = await this.inner.get(id);
-    return sealed === undefined ? undefined : openBlock(key, this.uuid, id, sealed);
+    if (sealed === undefined) return undefined;
+    return openBlock(this.keyOrFail(), this.uuid, id, sealed);
   }
 
   delete(ids: readonly string[]): Promise<void> {
