@@ -213,10 +213,17 @@ function staleReader(a: Args) {
   const mode = String(a.mode);
   const durationMs = Number(a.durationMs);
   const pauseMs = Number(a.pauseMs);
+  // Polls for durationMs, and past that (up to maxExtraMs more) until it has seen untilValue, the
+  // writer's last value: a writer slowed down by load must not outlast the polling.
+  const untilValue = a.untilValue === undefined ? -Infinity : Number(a.untilValue);
+  const maxExtraMs = Number(a.maxExtraMs ?? 0);
   const samples: Array<[number, number, number]> = [];
   const errors: Record<string, number> = {};
   const started = nowMs();
-  while (nowMs() - started < durationMs) {
+  let last = -Infinity;
+  for (;;) {
+    const elapsed = nowMs() - started;
+    if (elapsed >= durationMs && (last >= untilValue || elapsed >= durationMs + maxExtraMs)) break;
     const t0 = nowMs();
     try {
       let v: number;
@@ -228,6 +235,7 @@ function staleReader(a: Args) {
         v = m ? Number(m[1]) : -1;
       }
       samples.push([r4(t0), r4(nowMs()), v]);
+      last = Math.max(last, v);
     } catch (err) {
       errors[code(err)] = (errors[code(err)] ?? 0) + 1;
     }

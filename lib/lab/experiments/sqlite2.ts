@@ -162,6 +162,7 @@ export const sqlite2Experiment: Experiment = {
     const say = (x: ConfigResult | undefined) =>
       x
         ? `${x.integrityOk ? 'integrity ok' : `integrity_check ${x.checkError ? `could not run (${x.checkError.split(':')[0]})` : `FAILED (${x.integrity[0] ?? ''})`}`}, ` +
+          `${x.acked} of ${x.attempted} transactions acknowledged, ` +
           `${x.unreadable ? `rows unreadable: all ${x.acked} acknowledged rows lost` : `${x.lostRows ?? '?'} of ${x.acked} acknowledged rows lost`}, ${sum(Object.values(x.errors))} errors seen by the writers`
         : 'not run';
     const finding =

@@ -46,7 +46,10 @@ function analyze(updates: Update[], samples: Sample[], errors: Record<string, nu
   const delays: number[] = [];
   let unseen = 0;
   let k = 0;
+  // Values whose close() returned after the last poll began could not have been seen: not counted.
+  const lastPollStart = byStart.length ? byStart[byStart.length - 1][0] : -Infinity;
   for (const [v, , tClose] of ups) {
+    if (tClose >= lastPollStart) continue;
     while (k < byEnd.length && byEnd[k][2] < v) k++;
     if (k >= byEnd.length) {
       unseen++;
@@ -124,13 +127,13 @@ export const stalenessExperiment: Experiment = {
           );
           const reader = lab.startWorker<{ samples: Sample[]; errors: Record<string, number> }>(
             'staleReader',
-            { file: path.join(dirB, name), mode: 'read', durationMs, pauseMs },
-            durationMs + 120_000,
+            { file: path.join(dirB, name), mode: 'read', durationMs, pauseMs, untilValue: count, maxExtraMs: 30_000 },
+            durationMs + 150_000,
           );
           const stat = lab.startWorker<{ samples: Sample[]; errors: Record<string, number> }>(
             'staleReader',
-            { file: path.join(dirB, name), mode: 'stat', durationMs, pauseMs },
-            durationMs + 120_000,
+            { file: path.join(dirB, name), mode: 'stat', durationMs, pauseMs, untilValue: count, maxExtraMs: 30_000 },
+            durationMs + 150_000,
           );
           return Promise.all([writer.done, reader.done, stat.done]);
         };
