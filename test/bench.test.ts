@@ -4,8 +4,11 @@
 // assertions: figures vary with the machine. Also: the command line in the report never holds a
 // password, and the bench takes the shared backend options (a password-protected Redis).
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import Redis from 'ioredis';
 import { redactArgs, redactUrls } from '../lib/bench/run';
 import { describeRun, kvfs, makeTempDir, pidAlive, procMounts, removeTempDir } from './_helpers/mount';
 import { startEtcd, startRedis } from './_helpers/servers';
@@ -120,17 +123,39 @@ test('the command line in the report never holds a password, also one containing
   t.is(redactUrls(argv.join(' ')), shown);
 });
 
-test('kvfs bench takes the shared backend options: etcd + a Redis with a password from --data-password-file', async (t) => {
+/** A CA, and a server and a client certificate it signed (for 127.0.0.1), in dir. */
+function makePki(dir: string): { ca: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string } {
+  const openssl = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=kvfs bench test CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  for (const [name, usage] of [['server', 'serverAuth'], ['client', 'clientAuth']]) {
+    openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`]);
+    fs.writeFileSync(path.join(dir, `${name}.ext`), `subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=${usage}\nbasicConstraints=CA:FALSE\n`);
+    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`]);
+  }
+  const p = (f: string) => path.join(dir, f);
+  return { ca: p('ca.crt'), serverCert: p('server.crt'), serverKey: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key') };
+}
+
+test('kvfs bench takes the shared backend options: etcd + a TLS Redis demanding a client certificate and a password', async (t) => {
   const dir = makeTempDir('kvfs-bench-auth-');
   const tmp = path.join(dir, 'tmp');
   fs.mkdirSync(tmp);
+  const pkiDir = path.join(dir, 'pki');
+  fs.mkdirSync(pkiDir);
+  const pki = makePki(pkiDir);
   const password = 'b@nch:pw/1';
   const pwFile = path.join(dir, 'redis.pw');
   fs.writeFileSync(pwFile, `${password}\n`, { mode: 0o600 });
-  const [etcd, redis] = await Promise.all([startEtcd(), startRedis({ password })]);
+  const tls = { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca, client: { cert: pki.clientCert, key: pki.clientKey }, authClients: true };
+  const [etcd, redis] = await Promise.all([startEtcd(), startRedis({ password, tls })]);
   try {
     const jsonFile = path.join(dir, 'bench.json');
-    const args = ['bench', '--quick', '--size', '4M', '--phases', 'write,read,encrypted', '--reps', '1', '--meta', `etcd://${etcd.hostPort}/b`, '--data', redis.url, '--data-password-file', pwFile, '--json', jsonFile];
+    t.regex(redis.url, /^rediss:/);
+    const args = [
+      'bench', '--quick', '--size', '4M', '--phases', 'raw,write,read,encrypted', '--reps', '1', '--meta', `etcd://${etcd.hostPort}/b`,
+      '--data', redis.url, '--data-password-file', pwFile, '--data-ca', pki.ca, '--data-cert', pki.clientCert, '--data-key', pki.clientKey, '--json', jsonFile,
+    ];
     const r = await kvfs(args, { timeoutMs: 240_000, env: { ...process.env, TMPDIR: tmp, KVFS_KEY: 'ab'.repeat(32) } });
     t.is(r.code, 0, describeRun('kvfs bench with a Redis password', r));
     t.false(r.stdout.includes(password) || r.stderr.includes(password), 'the password is never printed');
@@ -138,8 +163,25 @@ test('kvfs bench takes the shared backend options: etcd + a Redis with a passwor
     t.false(JSON.stringify(report).includes(password), 'the report holds no password');
     t.true(report.results.kvfsEncrypted.seqReadCold.MBps.median > 0);
     t.true(report.results.kvfs.seqReadCold.MBps.median > 0);
+    t.true(report.results.raw.blockPut.MBps.median > 0, 'the raw measurements connect with the same options');
+    t.regex(report.config.data, /^rediss:\/\/127\.0\.0\.1:\d+$/);
     for (const d of report.daemons as Array<{ what: string; pid: number }>) t.false(pidAlive(d.pid), `${d.what} (pid ${d.pid}) is still running`);
     t.deepEqual(fs.readdirSync(tmp), []);
+    // Both volumes (plain and encrypted) and the scratch namespace are gone from etcd and Redis.
+    const client = new Etcd3({ hosts: etcd.endpoint });
+    const raw = new Redis({
+      host: '127.0.0.1',
+      port: redis.port,
+      password,
+      tls: { ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.clientCert), key: fs.readFileSync(pki.clientKey) },
+    });
+    try {
+      t.deepEqual(await client.getAll().prefix('kvfs/').keys(), []);
+      t.deepEqual(await raw.keys('kvfs:*'), []);
+    } finally {
+      client.close();
+      raw.disconnect();
+    }
   } finally {
     await Promise.allSettled([etcd.stop(), redis.stop()]);
     removeTempDir(dir);
