@@ -3,9 +3,13 @@
 // bound to their block id and volume, a wrong key is detected by the key check, a locked store
 // (no key) refuses to read or write, and the key never shows in strings, JSON or inspect.
 import { randomBytes, randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { inspect } from 'node:util';
 import test from 'ava';
 import Redis from 'ioredis';
+import { resolveKey } from '../bin/backend-options';
 import { EncryptedBlocks, EncryptionKey, encryptionSettings, keyMatches, SEAL_OVERHEAD } from '../lib/data/encrypted';
 import { openBlockStore } from '../lib/data/index';
 import { RedisBlocks } from '../lib/data/redis';
@@ -157,4 +161,39 @@ test('encrypted: without a key the store is locked: get of a stored block and pu
   t.is((await locked.usage()).blocks, 1);
   await locked.delete(['1']);
   t.is(await store.get('1'), undefined);
+});
+
+test('the key comes from --key-file, else KVFS_KEY_FILE, else KVFS_KEY; a key file others can read gets a warning', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvfs-test-key-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, hex: string, mode: number) => {
+    const p = path.join(dir, name);
+    fs.writeFileSync(p, `${hex}\n`, { mode });
+    fs.chmodSync(p, mode);
+    return p;
+  };
+  const a = file('a', 'aa'.repeat(32), 0o600);
+  const b = file('b', 'bb'.repeat(32), 0o600);
+  const open = file('open', 'cc'.repeat(32), 0o644);
+  const warnings: string[] = [];
+  const original = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.is(resolveKey({ 'key-file': a }, { KVFS_KEY_FILE: b, KVFS_KEY: 'dd'.repeat(32) })?.toHex(), 'aa'.repeat(32));
+    t.is(resolveKey({}, { KVFS_KEY_FILE: b, KVFS_KEY: 'dd'.repeat(32) })?.from, `KVFS_KEY_FILE=${b}`);
+    t.is(resolveKey({}, { KVFS_KEY: 'dd'.repeat(32) })?.from, 'KVFS_KEY');
+    t.is(resolveKey({}, {}), undefined);
+    t.deepEqual(warnings, []);
+    t.is(resolveKey({ 'key-file': open }, {})?.toHex(), 'cc'.repeat(32));
+  } finally {
+    console.error = original;
+  }
+  t.is(warnings.length, 1);
+  t.regex(warnings[0], /the key file .* can be read by other users \(mode 644\); chmod 600/);
+  t.false(warnings[0].includes('cc'.repeat(32)));
+  const missing = t.throws(() => resolveKey({}, { KVFS_KEY_FILE: path.join(dir, 'nope') }), { instanceOf: UsageError });
+  t.regex(missing!.message, /^cannot read KVFS_KEY_FILE=.*nope: no such file$/);
+  const bad = t.throws(() => resolveKey({}, { KVFS_KEY: 'xyz' }), { instanceOf: UsageError });
+  t.regex(bad!.message, /^KVFS_KEY does not hold a key/);
+  t.false(bad!.message.includes('xyz'));
 });
