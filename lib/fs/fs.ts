@@ -10,6 +10,7 @@ import { Attr, Entry, FileType, ROOT_INO, keys, nowNs, typeOfMode } from '../met
 import { DirtyBudget } from './budget';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
+import { F_GETLK, F_UNLCK, LOCK_NB, LOCK_UN, LockTable, type RecordLock } from './locks';
 
 export interface FsOptions {
   /** How long this daemon trusts a cached attribute, ms (the kernel's own cache is set apart). */
@@ -104,6 +105,8 @@ export class Filesystem {
 
   private readonly budget: DirtyBudget;
   private readonly flushTimer: NodeJS.Timeout;
+  /** fcntl and flock locks, shared with every mount of the volume through the metadata store. */
+  private readonly locks: LockTable;
 
   constructor(
     readonly meta: Meta,
@@ -111,6 +114,7 @@ export class Filesystem {
     readonly options: FsOptions,
   ) {
     this.cache = new BlockCache(options.cacheBytes);
+    this.locks = new LockTable(meta.kv, () => this.session?.id);
     this.budget = new DirtyBudget(options.maxDirty, () => this.commitDirty(() => true));
     // A commit must start no later than --flush-interval after the oldest uncommitted write, so
     // the timer ticks often and commits what would be overdue by the next tick (ticking every
@@ -401,6 +405,7 @@ export class Filesystem {
   /** Registers this mount's session (for holds and fencing) and follows changes made by others. */
   async start(session: { id: string; handle: KvSession }): Promise<void> {
     this.session = session;
+    this.locks.sessionChanged();
     await this.unwatch?.().catch(() => undefined);
     this.unwatch = await this.meta.kv.watch('', (change) => this.applyChange(change.key, change.value));
   }
@@ -413,6 +418,7 @@ export class Filesystem {
    */
   sessionLost(reason: Error): void {
     this.session = undefined;
+    this.locks.sessionChanged();
     for (const file of this.files.values()) file.poison(new FsError('EIO', `write-back data dropped: ${reason.message}`));
     this.entries.clear();
     this.attrs.clear();
@@ -484,6 +490,46 @@ export class Filesystem {
     const handle = this.handles.get(fh);
     if (!handle) throw new FsError('EBADF');
     return handle;
+  }
+
+  /**
+   * fcntl(F_GETLK / F_SETLK / F_SETLKW) on an open file, for the kernel's lock owner. Locks also
+   * order the data, as NFS does: what was written under a lock is committed before the lock is
+   * let go, and taking a lock drops this mount's cached block map of the file, so the next holder
+   * on any mount reads what the last one wrote.
+   */
+  async lock(fh: number, cmd: number, lock: RecordLock, owner: bigint): Promise<RecordLock | undefined> {
+    const handle = this.handle(fh);
+    if (cmd === F_GETLK) return this.locks.recordLock(handle.ino, cmd, lock, owner);
+    if (lock.type === F_UNLCK) {
+      await this.commitThenUnlock(handle, () => this.locks.recordLock(handle.ino, cmd, lock, owner));
+      return undefined;
+    }
+    await this.locks.recordLock(handle.ino, cmd, lock, owner);
+    await this.revalidate(handle);
+    return undefined;
+  }
+
+  /** flock(2) on an open file; `owner` is the open file description. Data is ordered as with lock(). */
+  async flock(fh: number, op: number, owner: bigint): Promise<void> {
+    const handle = this.handle(fh);
+    if ((op & ~LOCK_NB) === LOCK_UN) return this.commitThenUnlock(handle, () => this.locks.flock(handle.ino, op, owner));
+    await this.locks.flock(handle.ino, op, owner);
+    await this.revalidate(handle);
+  }
+
+  /** Commits the file's pending writes, then unlocks; a failed commit still unlocks, then fails. */
+  private async commitThenUnlock(handle: Handle, unlock: () => Promise<unknown>): Promise<void> {
+    let failed: unknown;
+    if (this.locks.holdsAny(handle.ino)) await handle.file.flush().catch((err: unknown) => (failed = err));
+    await unlock();
+    if (failed) throw failed;
+  }
+
+  /** Re-reads the committed attributes and, unless this mount has writes pending, the block map. */
+  private async revalidate(handle: Handle): Promise<void> {
+    this.attrs.delete(handle.ino);
+    handle.file.revalidate(await this.attrOf(handle.ino));
   }
 
   async read(fh: number, length: number, position: number): Promise<Buffer> {
@@ -616,6 +662,7 @@ export class Filesystem {
   /** Flushes, then waits for background reclaims. */
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
+    this.locks.close();
     for (const [ino, timer] of this.pendingReclaims) {
       clearTimeout(timer);
       this.reclaimIfUnheld(ino);

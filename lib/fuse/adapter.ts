@@ -7,6 +7,7 @@
 import { errnoOf } from '../errors';
 import type { Attr } from '../meta/schema';
 import type { Caller, Filesystem } from '../fs/fs';
+import type { RecordLock } from '../fs/locks';
 import type { Metrics } from '../fs/metrics';
 
 /** The part of fuse-native's stat object we fill in. Times are bigint nanoseconds (patched binding). */
@@ -78,6 +79,9 @@ export interface FuseOps {
   getxattr(path: string, name: string, position: number, cb: Cb<[Buffer?]>): void;
   listxattr(path: string, cb: Cb<[string[]?]>): void;
   removexattr(path: string, name: string, cb: Cb): void;
+  /** Optional: without them the kernel arbitrates fcntl and flock locks on this mount alone. */
+  lock?(path: string, fh: number, cmd: number, lock: RecordLock, owner: bigint, cb: Cb<[RecordLock?]>): void;
+  flock?(path: string, fh: number, op: number, owner: bigint, cb: Cb): void;
 }
 
 /** Operation timing/error hook, for logs and (later) metrics. */
@@ -200,5 +204,7 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     getxattr: (path, name, _position, cb) => answer('getxattr', () => fs.getxattr(path, name), (code, v) => cb(code, v)),
     listxattr: (path, cb) => answer('listxattr', () => fs.listxattr(path), (code, names) => cb(code, names)),
     removexattr: (path, name, cb) => answer('removexattr', () => fs.removexattr(path, name), done(cb)),
+    lock: (_path, fh, cmd, lock, owner, cb) => answer('lock', () => fs.lock(fh, cmd, lock, owner), (code, res) => cb(code, res)),
+    flock: (_path, fh, op, owner, cb) => answer('flock', () => fs.flock(fh, op, owner), done(cb)),
   };
 }

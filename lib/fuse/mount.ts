@@ -22,6 +22,11 @@ export interface MountOptions {
   entryTimeout: number;
   /** Seconds before an operation the daemon has not answered fails with ETIMEDOUT. */
   opTimeout: number;
+  /**
+   * 'global': fcntl and flock locks go to the daemon, which keeps them in the metadata store
+   * for every mount of the volume. 'local': the kernel arbitrates them on this mount alone.
+   */
+  locks: 'global' | 'local';
   observe?: OpObserver;
   /** Per-operation timers (backend waits vs the rest). */
   metrics?: Metrics;
@@ -126,11 +131,17 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
   let fuse: FuseInstance | undefined;
   const context = (): Caller => fuse!.getContext();
   const ops = makeOps(fs, context, options.observe, options.metrics);
+  if (options.locks === 'local') {
+    delete ops.lock;
+    delete ops.flock;
+  }
   fuse = new Fuse(mountpoint, ops, {
     fsname: extra.join(','),
     allowOther: options.allowOther,
     defaultPermissions: true,
-    timeout: options.opTimeout * 1000,
+    // A lock request may wait for another owner as long as it takes (F_SETLKW, flock): no
+    // time limit on those; their backend requests are bounded by --backend-timeout anyway.
+    timeout: { default: options.opTimeout * 1000, lock: false, flock: false },
   });
   await new Promise<void>((resolveMount, reject) => {
     fuse!.mount((err) => (err ? reject(new UsageError(`cannot mount ${mountpoint}: ${err.message}`)) : resolveMount()));

@@ -13,6 +13,8 @@
 //   O{ino}                        orphan: inode whose last name is gone, data not yet reclaimed
 //                                 (value: when, in ns since the epoch)
 //   H{ino}/{session}              a mount still has that orphan open (lives with the session)
+//   L{ino}                        lock version: rewritten by every lock change on the inode
+//   L{ino}/{session}              that session's fcntl and flock locks on the inode (JSON)
 //   session/{id}                  a mount: host, pid, mountpoint, version, start (lives with its lease)
 //
 // {ino} and {chunk} are 16 and 8 hex digits, so everything about one inode is one key range and
@@ -215,6 +217,11 @@ export const keys = {
   /** A mount's claim on an orphan it still has open: H{ino}/{session id}, bound to the session. */
   holds: (ino: number) => `H${hex(ino, 16)}/`,
   hold: (ino: number, session: string) => `H${hex(ino, 16)}/${session}`,
+  /** Rewritten by every lock change on the inode (lib/fs/locks.ts): L{ino}. */
+  lockVersion: (ino: number) => `L${hex(ino, 16)}`,
+  /** Locks of one session on the inode: L{ino}/{session id}. */
+  locks: (ino: number) => `L${hex(ino, 16)}/`,
+  lock: (ino: number, session: string) => `L${hex(ino, 16)}/${session}`,
   orphans: 'O',
   orphan: (ino: number) => `O${hex(ino, 16)}`,
   inodeOfOrphan: (key: string) => parseInt(key.slice(1), 16),
