@@ -182,12 +182,18 @@ export const stalenessExperiment: Experiment = {
       ? ''
       : kc.violations > 0
         ? `--kernel-cache 1 breaks close-to-open across mounts: ${kc.violations} of ${kc.eligible} reads on B that began after A's close() returned showed an older value, up to ${fmt(kc.violationAge.max)} ms behind ` +
-          `(B saw new values after p50 ${fmt(kc.delay.p50)} ms); keep --kernel-cache 0 when more than one mount uses a volume. `
-        : `With --kernel-cache 1, close-to-open held in this run (0 of ${kc.eligible} reads stale), although the kernel may answer open() from its cache for up to 1 s. `;
+          `(B saw new values after p50 ${fmt(kc.delay.p50)} ms); keep --kernel-cache 0 when more than one mount uses a volume.`
+        : `With --kernel-cache 1, close-to-open held in this run (0 of ${kc.eligible} reads stale), although the kernel may answer open() from its cache for up to 1 s.`;
+    const range = (pick: (x: PollResult) => number) => {
+      const v = daemonKeys.map((key) => k(key)?.read).filter((x): x is PollResult => Boolean(x)).map(pick);
+      return v.length ? `${fmt(Math.min(...v))}–${fmt(Math.max(...v))}` : '–';
+    };
+    const lr = k('local')?.read;
     const finding =
-      `${daemonSentence}. ${kernelSentence}` +
-      kvKeys.map(describe).join('. ') +
-      `. Local disk: read p99 ${fmt(k('local')?.read?.delay.p99)} ms, ${k('local')?.read?.violations ?? '–'} violations.`;
+      `${daemonSentence}; B saw each new value after p50 ${range((x) => x.delay.p50)} ms, p99 ${range((x) => x.delay.p99)} ms ` +
+      `(local disk: p99 ${fmt(lr?.delay.p99)} ms, ${lr?.violations ?? '–'} violations). ${kernelSentence}`.trim();
+    // Every setting's figures, for the section (the table has them too).
+    const notes = kvKeys.map(describe);
     const d = k('default');
     const l = k('local');
     return {
@@ -209,6 +215,7 @@ export const stalenessExperiment: Experiment = {
         { label: 'close-to-open violations, --kernel-cache 1', unit: 'reads', kvfs: k('kernel')?.read?.violations ?? null, local: l?.read?.violations ?? null, better: 'lower' },
       ],
       finding,
+      notes,
     };
   },
 
