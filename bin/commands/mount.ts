@@ -193,6 +193,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     data: backends.data,
     timeoutMs: backendTimeout * 1000,
     requireKey: true,
+    onAuthFailure: (_id, err) => console.error(`kvfs: ${err.message.replace(/^EIO: /, '')} (reads of it fail with EIO)`),
     // Zero set-up: the default embedded volume is created on first mount.
     createIfMissing: metaGiven
       ? undefined

@@ -160,6 +160,11 @@ export interface EncryptedBlocksOptions {
   key: EncryptionKey | undefined;
   /** How to name the volume in the locked message. */
   describe: string;
+  /**
+   * Called once per block id whose stored value fails authentication (the daemon logs it: the
+   * application only sees EIO).
+   */
+  onAuthFailure?: (id: string, err: FsError) => void;
 }
 
 /** A BlockStore that keeps only sealed blocks in `inner`. */
@@ -168,6 +173,8 @@ export class EncryptedBlocks implements BlockStore {
   readonly #key: Buffer | undefined;
   private readonly uuid: string;
   private readonly describe: string;
+  private readonly onAuthFailure?: (id: string, err: FsError) => void;
+  private readonly reported = new Set<string>();
 
   constructor(
     private readonly inner: BlockStore,
@@ -176,6 +183,7 @@ export class EncryptedBlocks implements BlockStore {
     this.kind = `${inner.kind}+${CIPHER}`;
     this.uuid = options.volumeUuid;
     this.describe = options.describe;
+    this.onAuthFailure = options.onAuthFailure;
     this.#key = options.key ? blockKey(options.key, options.volumeUuid) : undefined;
   }
 
@@ -201,7 +209,16 @@ export class EncryptedBlocks implements BlockStore {
   async get(id: string): Promise<Buffer | undefined> {
     const sealed = await this.inner.get(id);
     if (sealed === undefined) return undefined;
-    return openBlock(this.keyOrFail(), this.uuid, id, sealed);
+    const key = this.keyOrFail();
+    try {
+      return openBlock(key, this.uuid, id, sealed);
+    } catch (err) {
+      if (err instanceof FsError && this.onAuthFailure && !this.reported.has(id) && this.reported.size < 1000) {
+        this.reported.add(id);
+        this.onAuthFailure(id, err);
+      }
+      throw err;
+    }
   }
 
   delete(ids: readonly string[]): Promise<void> {

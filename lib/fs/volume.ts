@@ -43,6 +43,8 @@ export interface OpenOptions extends VolumeSecurity {
    * encrypted, is always an error.
    */
   requireKey?: boolean;
+  /** Encrypted volumes: told once per block that fails authentication (reads of it get EIO). */
+  onAuthFailure?: (id: string, err: FsError) => void;
   /** Format the volume first if it does not exist (the zero-set-up embedded default). */
   createIfMissing?: { blockSize: number; uid: number; gid: number; onCreate(settings: VolumeSettings): void };
 }
@@ -139,7 +141,9 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
       },
     );
     // Timing wraps the encryption too: the cost of sealing shows as block time in /metrics.
-    if (meta.settings.encryption) store = new EncryptedBlocks(store, { volumeUuid: meta.settings.uuid, key, describe });
+    if (meta.settings.encryption) {
+      store = new EncryptedBlocks(store, { volumeUuid: meta.settings.uuid, key, describe, onAuthFailure: options.onAuthFailure });
+    }
     const usable = options.metrics ? options.metrics.wrapStore(store) : store;
     return {
       meta,

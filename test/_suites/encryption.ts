@@ -230,6 +230,9 @@ export function encryptionSuite(test: TestFn, backend: Backend): void {
     t.is(readCode(fileA), 'EIO', 'reading a file with a changed block');
     t.true(pread(fileA, 0, 4096).equals(a.subarray(0, 4096)), "A's first block still reads");
     t.true(fs.readFileSync(fileB).equals(b), 'other files still read');
+    const said = new RegExp(`kvfs: block ${last} failed authentication: it was changed or swapped`);
+    for (let i = 0; i < 100 && !said.test(v.daemon.log()); i++) await sleep(100); // its output arrives through a pipe
+    t.regex(v.daemon.log(), said, 'the daemon says which block');
     await v.unmount();
 
     // 2. Put it back: readable again. Then swap two of A's blocks, and one of A's with one of B's.
