@@ -7,7 +7,8 @@ import { defaultMetaUrl } from '../home';
 export const help = `Usage: kvfs format [--meta URL --data URL] [options]
 
 Creates a volume: its settings (data URL, block size, uuid, format version,
-creation time) and an empty root directory are stored under the volume's own
+creation time; with --encrypt the cipher and a check value of the key, never the
+key) and an empty root directory are stored under the volume's own
 prefix in the metadata store, so several volumes can share one etcd and one
 Redis. Refuses to replace an existing volume unless --force.
 
@@ -27,9 +28,9 @@ Options:
                       daemon, with the key from --key-file FILE (or
                       KVFS_KEY_FILE, KVFS_KEY): 32 bytes as 64 hex digits, made
                       with  openssl rand -hex 32 > FILE; chmod 600 FILE
-                      Every mount, fsck and bench of the volume then needs the
-                      key; the volume stores only a check value of it. Keep a
-                      copy: without the key the data cannot be read by anyone.
+                      Every mount of the volume then needs the key (fsck and gc
+                      only where they read block contents). Keep a copy:
+                      without the key the data cannot be read by anyone.
                       Names, sizes, owners, modes, times and xattrs stay in
                       clear in the metadata store (see docs/security.md)
   --force             replace an existing volume of that name (its files are
