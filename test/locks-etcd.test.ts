@@ -30,6 +30,31 @@ function logs(): string {
 
 lockSuite(test, 'on two mounts', () => ({ A, B: B.mnt, logs }));
 
+test.serial('what a process wrote under a lock (no fsync, no close) is committed before another mount gets the lock', async (t) => {
+  t.timeout(120_000);
+  // The writer's mount commits on its own only every 60 s: only the lock handover can commit in time.
+  const Wm = await extraMount(vol, 'Wl', ['--flush-interval', '60']);
+  try {
+    for (const kind of ['flock', 'fcntl'] as const) {
+      const file = `handover-${kind}.txt`;
+      fs.writeFileSync(path.join(A, file), 'old');
+      const lock = kind === 'flock' ? 'fcntl.flock(fd,fcntl.LOCK_EX)' : 'fcntl.lockf(fd,fcntl.LOCK_EX)';
+      const unlock = kind === 'flock' ? 'fcntl.flock(fd,fcntl.LOCK_UN)' : 'fcntl.lockf(fd,fcntl.LOCK_UN)';
+      // Locks, writes, unlocks, and keeps the file open (no close: close would commit anyway).
+      const w = holder(`import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\n${lock}\nos.pwrite(fd,b"new contents",0)\n${unlock}`, path.join(Wm.mnt, file));
+      try {
+        await w.locked;
+        const read = await py(`import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\n${lock}\nprint(open(sys.argv[1]).read())`, path.join(B.mnt, file));
+        t.is(read.out, 'new contents', `${kind}: B took the lock after the writer let go, and read ${JSON.stringify(read.out)} ${read.err}\n${tail(Wm.daemon.log())}`);
+      } finally {
+        await w.release();
+      }
+    }
+  } finally {
+    await Wm.stop();
+  }
+});
+
 test.serial('the locks of a mount that dies go with its session', async (t) => {
   t.timeout(120_000);
   const C = await extraMount(vol, 'C', ['--session-ttl', '3']);
