@@ -93,6 +93,7 @@ test('encrypted: a changed byte anywhere, a truncated value, or a swapped block 
     const err = await t.throwsAsync(store.get('10'), { instanceOf: FsError }, `byte ${pos}`);
     t.is((err as FsError).code, 'EIO');
   }
+  t.is(await store.size('10'), 10_000, 'size needs no valid seal (gc can measure and delete such a block)');
   await raw.set(`${prefix}10`, sealedA.subarray(0, 20));
   t.is(((await t.throwsAsync(store.get('10'))) as FsError).code, 'EIO');
   // Swapped: each value is intact, but sealed for the other id.
@@ -142,7 +143,7 @@ test('encrypted: keys are 64 hex digits, and never shown', (t) => {
   t.is(String(k), '[key from --key-file K]');
 });
 
-test('encrypted: without a key the store is locked: get of a stored block and put fail with EACCES; list, delete, usage and get of a missing block work', async (t) => {
+test('encrypted: without a key the store is locked: get of a stored block and put fail with EACCES; list, delete, size, usage and get of a missing block work', async (t) => {
   const uuid = randomUUID();
   const { store } = await redisPair(t, uuid);
   await store.put('1', Buffer.from('x'));
@@ -159,6 +160,7 @@ test('encrypted: without a key the store is locked: get of a stored block and pu
   await locked.list((batch) => void ids.push(...batch));
   t.deepEqual(ids, ['1']);
   t.is((await locked.usage()).blocks, 1);
+  t.is(await locked.size('1'), 1, 'size needs no key');
   await locked.delete(['1']);
   t.is(await store.get('1'), undefined);
 });

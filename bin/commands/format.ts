@@ -28,8 +28,8 @@ Options:
                       daemon, with the key from --key-file FILE (or
                       KVFS_KEY_FILE, KVFS_KEY): 32 bytes as 64 hex digits, made
                       with  openssl rand -hex 32 > FILE; chmod 600 FILE
-                      Every mount of the volume then needs the key (fsck and gc
-                      only where they read block contents). Keep a copy:
+                      Every mount of the volume then needs the key (fsck only to
+                      repair a shared block; status and gc never). Keep a copy:
                       without the key the data cannot be read by anyone.
                       Names, sizes, owners, modes, times and xattrs stay in
                       clear in the metadata store (see docs/security.md)

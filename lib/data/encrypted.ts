@@ -154,8 +154,8 @@ export interface EncryptedBlocksOptions {
   volumeUuid: string;
   /**
    * The volume's key, already checked with keyMatches(). Undefined: the store is locked: list,
-   * delete, usage work (gc, status), and get of a missing block (undefined); get of a stored
-   * block and put fail with EACCES saying a key is needed.
+   * delete, size, usage work (gc, status), and get of a missing block (undefined); get of a
+   * stored block and put fail with EACCES saying a key is needed.
    */
   key: EncryptionKey | undefined;
   /** How to name the volume in the locked message. */
@@ -219,6 +219,12 @@ export class EncryptedBlocks implements BlockStore {
       }
       throw err;
     }
+  }
+
+  /** The data size of a stored block, from its sealed length: needs no key, nor a valid seal. */
+  async size(id: string): Promise<number | undefined> {
+    const stored = this.inner.size ? await this.inner.size(id) : (await this.inner.get(id))?.length;
+    return stored === undefined ? undefined : Math.max(0, stored - SEAL_OVERHEAD);
   }
 
   delete(ids: readonly string[]): Promise<void> {

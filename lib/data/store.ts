@@ -11,6 +11,12 @@ export interface BlockStore {
   put(id: string, data: Buffer): Promise<void>;
   /** The block's bytes, or undefined if no such block exists. */
   get(id: string): Promise<Buffer | undefined>;
+  /**
+   * Optional: the size of a block's data without reading it for the caller (gc measuring blocks
+   * it may delete), undefined if no such block exists. Stores that transform blocks (encryption)
+   * provide it so that it works without a key and for blocks that would not decrypt.
+   */
+  size?(id: string): Promise<number | undefined>;
   /** Delete blocks; ids that do not exist are ignored. */
   delete(ids: readonly string[]): Promise<void>;
   /** Every stored block id, in batches (for gc and fsck); order unspecified. */

@@ -127,8 +127,7 @@ async function blockSizes(store: BlockStore, ids: number[], onDone: (n: number) 
   const worker = async () => {
     while (i < ids.length) {
       const id = ids[i++];
-      const data = await store.get(String(id));
-      sizes.set(id, data?.length);
+      sizes.set(id, store.size ? await store.size(String(id)) : (await store.get(String(id)))?.length);
       onDone(sizes.size);
     }
   };

@@ -38,7 +38,7 @@ export interface OpenOptions extends VolumeSecurity {
   metrics?: Metrics;
   /**
    * An encrypted volume without a key is an error (mount). Otherwise (fsck, gc, status) it opens
-   * with a locked block store: listing, deleting, usage and asking whether a block exists work;
+   * with a locked block store: listing, deleting, sizes, usage and whether a block exists work;
    * reading a stored block's contents or writing one fails with EACCES saying the key is needed. A wrong key, or a key for a volume that is not
    * encrypted, is always an error.
    */

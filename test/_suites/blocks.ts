@@ -44,6 +44,14 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     });
   }
 
+  test('blocks: size (where a store has it) is the length of the data, undefined when missing', async (t) => {
+    const store = await open(t);
+    if (!store.size) return t.pass('this store has no size()');
+    for (const n of [0, 1, 5000]) await store.put(`s${n}`, randomBytes(n));
+    for (const n of [0, 1, 5000]) t.is(await store.size(`s${n}`), n);
+    t.is(await store.size('missing'), undefined);
+  });
+
   test('blocks: a missing id reads as undefined', async (t) => {
     const store = await open(t);
     t.is(await store.get('no-such-block'), undefined);

@@ -345,6 +345,29 @@ export function encryptionSuite(test: TestFn, backend: Backend): void {
     t.true(isMounted(v.mnt));
   });
 
+  test(`${backend}: format --force with another key: kvfs gc, without any key, frees the blocks no key opens now`, async (t) => {
+    const key = newKey();
+    const v = await encryptedVolume(key);
+    fs.writeFileSync(path.join(v.mnt, 'f.bin'), randomBytes(3 * BLOCK + 5));
+    await v.unmount();
+    const other = newKey();
+    const data = servers.dataUrl ? ['--data', servers.dataUrl] : [];
+    const f = await kvfs(['format', '--force', '--meta', v.metaUrl, ...data, '--encrypt', '--key-file', other.file, '--block-size', '64K']);
+    t.is(f.code, 0, describeRun('format --force with another key', f));
+    const gc = await kvfs(['gc', '--meta', v.metaUrl, '--grace', '0.2', '--delete']);
+    t.is(gc.code, 0, describeRun('gc --delete without a key', gc));
+    t.regex(gc.stdout, /deleted 4 unreferenced blocks, .*\(196613 bytes\)/);
+    const { uuid } = await settingsOf(t, v, []);
+    const raw = await rawBlocks(servers, v.metaUrl, uuid);
+    try {
+      t.deepEqual(await raw.ids(), []);
+    } finally {
+      await raw.close();
+    }
+    await v.remount(['--key-file', other.file]);
+    t.deepEqual(fs.readdirSync(v.mnt), []);
+  });
+
   test(`${backend}: the key from the environment (KVFS_KEY_FILE, KVFS_KEY) mounts in the background`, async (t) => {
     const key = newKey();
     const v = await encryptedVolume(key);
