@@ -859,6 +859,7 @@ class Repairer {
       writes = new Map();
       const recording: KvTxn = {
         get: (k) => tx.get(k),
+        getMany: (ks) => tx.getMany(ks),
         scan: (p, o) => tx.scan(p, o),
         put: (k, v) => {
           writes.set(k, v);

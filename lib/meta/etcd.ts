@@ -216,6 +216,9 @@ function checkLimit(options: ScanOptions | undefined): number | undefined {
   return limit;
 }
 
+/** Keys read by one getMany request (one etcd Txn of range operations). */
+const GET_MANY_BATCH = 64;
+
 /** Keys per range request when scanning: keeps every response far below gRPC's message limit. */
 const SCAN_PAGE = 1000;
 
@@ -264,7 +267,7 @@ class EtcdTxn implements KvTxn {
   }
 
   /** Runs a range request at this txn's snapshot revision (the first read fixes it). */
-  private async range(build: (rev: string | undefined) => Promise<IRangeResponse>): Promise<IRangeResponse> {
+  private async range<R extends { header: { revision: string } }>(build: (rev: string | undefined) => Promise<R>): Promise<R> {
     if (this.revision === undefined && this.firstRead) await this.firstRead.catch(() => undefined);
     try {
       if (this.revision === undefined) {
@@ -300,6 +303,38 @@ class EtcdTxn implements KvTxn {
     if (!this.reads.has(key)) this.reads.set(key, entry);
     if (this.writes.has(key)) return this.writes.get(key);
     return this.reads.get(key)!.value;
+  }
+
+  async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>> {
+    this.checkOpen();
+    const wanted = [...new Set(keys)].filter((k) => !this.writes.has(k) && !this.reads.has(k));
+    // Batches stay far below etcd's --max-txn-ops, which also bounds read-only txns.
+    for (let from = 0; from < wanted.length; from += GET_MANY_BATCH) {
+      const missing = wanted.slice(from, from + GET_MANY_BATCH);
+      if (missing.length === 1) {
+        await this.get(missing[0]);
+        continue;
+      }
+      // One Txn request without compares whose operations are the range reads: one round trip,
+      // every read at the same revision (etcd answers it on its read path; nothing is written).
+      const res = await this.range((rev) =>
+        this.kv.request('get', (ns, opts) =>
+          ns.kv.txn(
+            {
+              compare: [],
+              success: missing.map((k) => ({ request_range: { key: this.kv.fullKey(k), ...(rev !== undefined ? { revision: rev } : {}) } })),
+              failure: [],
+            } as Parameters<typeof ns.kv.txn>[0],
+            opts,
+          ),
+        ),
+      );
+      missing.forEach((k, i) => {
+        const kv = res.responses[i]?.response_range?.kvs[0];
+        if (!this.reads.has(k)) this.reads.set(k, { value: kv ? kv.value : undefined, modRevision: kv ? kv.mod_revision : '0' });
+      });
+    }
+    return keys.map((k) => (this.writes.has(k) ? this.writes.get(k) : this.reads.get(k)?.value));
   }
 
   async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
@@ -418,6 +453,14 @@ export class EtcdKv implements KvEngine {
     } catch (err) {
       throw etcdError(err, `etcd ${what}`);
     }
+  }
+
+  /**
+   * The key as stored in etcd (with this engine's prefix), for requests that bypass the
+   * namespace (raw Txn requests). @internal
+   */
+  fullKey(key: string): Buffer {
+    return Buffer.concat([this.prefixBuf, utf8(key)]);
   }
 
   /** One cheap linearizable read: resolves when etcd answers, else rejects with FsError. */

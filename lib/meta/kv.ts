@@ -32,6 +32,11 @@ export interface ScanOptions {
  */
 export interface KvTxn {
   get(key: string): Promise<Buffer | undefined>;
+  /**
+   * get() of several keys, in one round trip where the backend allows (etcd: one Txn request of
+   * range operations). Every key is conflict-checked as with get(). Values in the order of `keys`.
+   */
+  getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>>;
   scan(prefix: string, options?: ScanOptions): Promise<KvPair[]>;
   put(key: string, value: Buffer): void;
   delete(key: string): void;

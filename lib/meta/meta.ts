@@ -306,6 +306,7 @@ export class Meta {
   async create(parent: number, name: string, node: NewNode): Promise<Attr> {
     const [ino] = await this.inodes.take();
     return this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(parent), keys.entry(parent, name)]);
       const dir = await this.parentDir(tx, parent);
       if (await this.entryIn(tx, parent, name)) throw new FsError('EEXIST', name);
       const now = nowNs();
@@ -342,6 +343,7 @@ export class Meta {
   /** Adds a name for an existing non-directory inode. */
   async link(ino: number, parent: number, name: string): Promise<Attr> {
     return this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(ino), keys.attr(parent), keys.entry(parent, name)]);
       const attr = await this.attrIn(tx, ino);
       if (attr.type === 'dir') throw new FsError('EPERM', 'hard links to directories are not allowed');
       if (attr.nlink === 0) throw new FsError('ENOENT');
@@ -368,8 +370,14 @@ export class Meta {
     return { attr, orphaned };
   }
 
-  async unlink(parent: number, name: string): Promise<Unlinked> {
+  /**
+   * Removes a name of a non-directory. `hint`: the inode the caller believes the name points to;
+   * its attributes are read in the same round trip as the directory's (only a guess: the entry
+   * read in the transaction decides).
+   */
+  async unlink(parent: number, name: string, hint?: number): Promise<Unlinked> {
     return this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(parent), keys.entry(parent, name), ...(hint !== undefined && hint !== parent ? [keys.attr(hint)] : [])]);
       const dir = await this.parentDir(tx, parent);
       const entry = await this.entryIn(tx, parent, name);
       if (!entry) throw new FsError('ENOENT', name);
@@ -396,6 +404,7 @@ export class Meta {
 
   async rmdir(parent: number, name: string): Promise<void> {
     await this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(parent), keys.entry(parent, name)]);
       const dir = await this.parentDir(tx, parent);
       const entry = await this.entryIn(tx, parent, name);
       if (!entry) throw new FsError('ENOENT', name);
@@ -414,6 +423,7 @@ export class Meta {
    */
   async rename(srcParent: number, srcName: string, dstParent: number, dstName: string): Promise<Unlinked | undefined> {
     return this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(srcParent), keys.attr(dstParent), keys.entry(srcParent, srcName), keys.entry(dstParent, dstName)]);
       const srcDir = await this.parentDir(tx, srcParent);
       const dstDir = srcParent === dstParent ? srcDir : await this.parentDir(tx, dstParent);
       const src = await this.entryIn(tx, srcParent, srcName);
@@ -672,6 +682,8 @@ export class Meta {
       byChunk.set(chunkOf(w.index), list);
     }
     return this.kv.txn(async (tx) => {
+      // The attributes and every chunk key this commit rewrites, in one round trip.
+      await tx.getMany([keys.attr(ino), ...[...byChunk.keys()].map((chunk) => keys.chunk(ino, chunk))]);
       const attr = await this.attrIn(tx, ino);
       const replaced: number[] = [];
       for (const [chunk, list] of byChunk) {
@@ -708,6 +720,7 @@ export class Meta {
 
   async setXattr(ino: number, name: string, value: Buffer, flags: number): Promise<void> {
     await this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(ino), keys.xattr(ino, name)]);
       const attr = await this.attrIn(tx, ino);
       const exists = (await tx.get(keys.xattr(ino, name))) !== undefined;
       if (flags & XATTR_CREATE && exists) throw new FsError('EEXIST', name);
@@ -720,6 +733,7 @@ export class Meta {
 
   async removeXattr(ino: number, name: string): Promise<void> {
     await this.kv.txn(async (tx) => {
+      await tx.getMany([keys.attr(ino), keys.xattr(ino, name)]);
       const attr = await this.attrIn(tx, ino);
       if ((await tx.get(keys.xattr(ino, name))) === undefined) throw new FsError('ENODATA', name);
       tx.delete(keys.xattr(ino, name));

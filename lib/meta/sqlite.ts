@@ -167,6 +167,11 @@ class SqliteTxn implements KvTxn {
     return this.kv.readNow(key);
   }
 
+  async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>> {
+    this.checkOpen();
+    return keys.map((key) => this.kv.readNow(key));
+  }
+
   async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
     this.checkOpen();
     return this.kv.scanNow(prefix, options);

@@ -206,6 +206,31 @@ export function kvSuite(test: TestFn, factory: KvFactory): void {
     t.is(str(await kv.get('counter')), '100');
   });
 
+  test('kv: getMany reads several keys, sees own writes, and conflict-checks each', async (t) => {
+    const kv = await open(t);
+    await put(kv, { 'many/a': 'A', 'many/b': 'B' });
+    const seen = await kv.txn(async (tx) => {
+      tx.put('many/c', b('C'));
+      tx.delete('many/b');
+      return (await tx.getMany(['many/a', 'many/b', 'many/c', 'many/none', 'many/a'])).map(str);
+    });
+    t.deepEqual(seen, ['A', undefined, 'C', undefined, 'A']);
+    t.deepEqual(await kv.txn(async (tx) => (await tx.getMany([])).length), 0);
+    // Two read-modify-write txns reading their counters through getMany never lose an update.
+    const increment = (): Promise<void> =>
+      kv.txn(async (tx) => {
+        const [x, y] = await tx.getMany(['many/x', 'many/y']);
+        tx.put('many/x', b(String(Number(str(x) ?? '0') + 1)));
+        tx.put('many/y', b(String(Number(str(y) ?? '0') + 1)));
+      });
+    const worker = async (): Promise<void> => {
+      for (let i = 0; i < 30; i++) await increment();
+    };
+    await Promise.all([worker(), worker()]);
+    t.is(str(await kv.get('many/x')), '60');
+    t.is(str(await kv.get('many/y')), '60');
+  });
+
   test('kv: reads in a txn are a consistent snapshot', async (t) => {
     const kv = await open(t);
     await put(kv, { 'pair/a': '0', 'pair/b': '0' });
