@@ -114,7 +114,7 @@ export class Filesystem {
     readonly options: FsOptions,
   ) {
     this.cache = new BlockCache(options.cacheBytes);
-    this.locks = new LockTable(meta.kv, () => this.session?.id);
+    this.locks = new LockTable(meta.kv, () => this.session?.id, async (ino) => this.files.get(ino)?.flush());
     this.budget = new DirtyBudget(options.maxDirty, () => this.commitDirty(() => true));
     // A commit must start no later than --flush-interval after the oldest uncommitted write, so
     // the timer ticks often and commits what would be overdue by the next tick (ticking every
@@ -428,6 +428,7 @@ export class Filesystem {
 
   /** Drops what a change made by any mount makes stale. */
   private applyChange(key: string, value: Buffer | undefined): void {
+    if (key[0] === 'L') return this.locks.onRecordChanged(key, value);
     const m = /^([AO])([0-9a-f]{16})(?:([IDCX])(.*))?$/s.exec(key);
     if (!m) return;
     const ino = parseInt(m[2], 16);
@@ -495,19 +496,20 @@ export class Filesystem {
 
   /**
    * fcntl(F_GETLK / F_SETLK / F_SETLKW) on an open file, for the kernel's lock owner. Locks also
-   * order the data, as NFS does: what was written under a lock is committed before the lock is
-   * let go, and taking a lock drops this mount's cached block map of the file, so the next holder
-   * on any mount reads what the last one wrote.
+   * order the data, as NFS does: what was written under a lock is committed before another mount
+   * can take one, and a lock granted through the store re-reads the file's attributes and block
+   * map, so the next holder on any mount reads what the last one wrote. (A lock granted on an
+   * inode this mount has claimed needs neither: no other mount can have held one since.)
    */
   async lock(fh: number, cmd: number, lock: RecordLock, owner: bigint): Promise<RecordLock | undefined> {
     const handle = this.handle(fh);
-    if (cmd === F_GETLK) return this.locks.recordLock(handle.ino, cmd, lock, owner);
+    if (cmd === F_GETLK) return (await this.locks.recordLock(handle.ino, cmd, lock, owner)).conflict;
     if (lock.type === F_UNLCK) {
       await this.commitThenUnlock(handle, () => this.locks.recordLock(handle.ino, cmd, lock, owner));
       return undefined;
     }
-    await this.locks.recordLock(handle.ino, cmd, lock, owner);
-    await this.revalidate(handle);
+    const { granted } = await this.locks.recordLock(handle.ino, cmd, lock, owner);
+    if (granted === 'store') await this.revalidate(handle);
     return undefined;
   }
 
@@ -515,14 +517,13 @@ export class Filesystem {
   async flock(fh: number, op: number, owner: bigint): Promise<void> {
     const handle = this.handle(fh);
     if ((op & ~LOCK_NB) === LOCK_UN) return this.commitThenUnlock(handle, () => this.locks.flock(handle.ino, op, owner));
-    await this.locks.flock(handle.ino, op, owner);
-    await this.revalidate(handle);
+    if ((await this.locks.flock(handle.ino, op, owner)) === 'store') await this.revalidate(handle);
   }
 
-  /** Commits the file's pending writes, then unlocks; a failed commit still unlocks, then fails. */
+  /** Unlocks; first commits the file's pending writes unless the inode is claimed (then sharing the claim commits them). */
   private async commitThenUnlock(handle: Handle, unlock: () => Promise<unknown>): Promise<void> {
     let failed: unknown;
-    if (this.locks.holdsAny(handle.ino)) await handle.file.flush().catch((err: unknown) => (failed = err));
+    if (this.locks.holdsAny(handle.ino) && !this.locks.claimed(handle.ino)) await handle.file.flush().catch((err: unknown) => (failed = err));
     await unlock();
     if (failed) throw failed;
   }
