@@ -6,6 +6,7 @@
 // one OpenFile, so every handle (and stat) sees writes made through any other before they are
 // committed.
 
+import { AsyncResource } from 'node:async_hooks';
 import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Attr, BlockRef, ChunkMap } from '../meta/schema';
@@ -13,6 +14,13 @@ import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
 import type { Meta } from '../meta/meta';
 import type { DirtyBudget } from './budget';
 import type { BlockCache } from './cache';
+
+/**
+ * The async context this module was loaded in, outside every FUSE request. Commits that a write
+ * starts in the background run in it, so they belong to no request (lib/fs/metrics.ts counts
+ * them as background instead of adding them to a request that has already answered).
+ */
+const backgroundScope = new AsyncResource('kvfs.background-commit');
 
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
 class DirtyBlock {
@@ -148,11 +156,6 @@ export class OpenFile {
     return { ...attr, size: this.size, mtime, ctime: mtime > attr.ctime ? mtime : attr.ctime };
   }
 
-  /** Another mount changed the block map: forget the cached one (when nothing local depends on it). */
-  forgetBlockMap(): void {
-    if (!this.hasPendingWrites) this.chunks.clear();
-  }
-
   /** Set when write-back data had to be dropped: writes and flushes through this file fail. */
   private poisoned: Error | undefined;
 
@@ -282,7 +285,7 @@ export class OpenFile {
       if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
         // A failed background commit puts its blocks back into dirty: the next flush retries them
         // and reports the error if it fails again, so nothing is lost silently.
-        this.commitDone = this.commit().catch(() => undefined);
+        this.commitDone = backgroundScope.runInAsyncScope(() => this.commit()).catch(() => undefined);
       }
     }
     return data.length;

@@ -18,6 +18,8 @@ export interface OpTimes {
 interface Current {
   metaMs: number;
   dataMs: number;
+  /** Set when the operation has answered: later backend time started inside it is background. */
+  ended: boolean;
 }
 
 function emptyTimes(): OpTimes {
@@ -33,7 +35,7 @@ export class Metrics {
 
   /** Runs one operation, attributing the backend waits inside it to `op`. */
   async run<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    const current: Current = { metaMs: 0, dataMs: 0 };
+    const current: Current = { metaMs: 0, dataMs: 0, ended: false };
     const start = performance.now();
     let failed = false;
     try {
@@ -42,6 +44,7 @@ export class Metrics {
       failed = true;
       throw err;
     } finally {
+      current.ended = true;
       const times = this.ops.get(op) ?? emptyTimes();
       const total = performance.now() - start;
       times.count++;
@@ -60,8 +63,10 @@ export class Metrics {
       return await fn();
     } finally {
       const ms = performance.now() - start;
+      // Work started inside an operation can outlive it (a write-back commit that a write set off):
+      // once the operation has answered, its time is background, as it would be lost otherwise.
       const current = this.current.getStore();
-      if (current) current[kind] += ms;
+      if (current && !current.ended) current[kind] += ms;
       else this.background[kind] += ms;
     }
   }
