@@ -14,7 +14,8 @@
 //   when none is ready they fail at once with FsError EIO (retryable) instead of waiting.
 //   Connections reconnect in the background (backoff up to 2 s).
 // All ioredis/Redis failures are translated to FsError in one function, redisError().
-import Redis, { type RedisOptions } from 'ioredis';
+import type { Socket } from 'node:net';
+import Redis, { Command, type RedisOptions } from 'ioredis';
 import { FsError } from '../errors';
 import { StallGate } from '../stall-gate';
 import type { BlockStore } from './store';
@@ -87,6 +88,32 @@ function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Prom
     timer = setTimeout(() => reject(onTimeout()), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * SET KEY VALUE, written to the socket without copying the value. ioredis's own Command builds
+ * one buffer of the whole request, copying every block once more (measured: 0.28 s of CPU per
+ * GiB written, plus the garbage). This writes the header and the value as separate chunks of a
+ * corked socket, which Node sends with one writev. ioredis writes the returned trailer right
+ * after, in the same corked batch, and queues the command for its reply as usual. ioredis only
+ * calls toWritable when it writes the command to the connection at once (no offline queue),
+ * and the value is never changed after it is handed to put().
+ */
+class SetCommand extends Command {
+  constructor(
+    private readonly key: string,
+    private readonly value: Buffer,
+  ) {
+    super('set', [key, value]);
+  }
+
+  override toWritable(socket: Socket): string {
+    socket.cork();
+    socket.write(`*3\r\n$3\r\nset\r\n$${Buffer.byteLength(this.key)}\r\n${this.key}\r\n$${this.value.length}\r\n`);
+    socket.write(this.value);
+    process.nextTick(() => socket.uncork());
+    return '\r\n';
+  }
 }
 
 /** Escapes the glob characters of a SCAN MATCH pattern. */
@@ -215,7 +242,7 @@ export class RedisBlocks implements BlockStore {
   }
 
   async put(id: string, data: Buffer): Promise<void> {
-    await this.exec('put', (r) => r.set(this.key(id), data));
+    await this.exec('put', (r) => r.sendCommand(new SetCommand(this.key(id), data)) as Promise<unknown>);
   }
 
   async get(id: string): Promise<Buffer | undefined> {
