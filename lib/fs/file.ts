@@ -257,15 +257,18 @@ export class OpenFile {
           const whole = inBlock === 0 && n === bs;
           // Files past their first block are being streamed: take a whole block at once.
           const capacity = index > 0 || inBlock + n >= 128 * 1024 ? bs : inBlock + n;
+          // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
+          const validInBlock = Math.max(0, this.size - index * bs);
           const inFlight = this.committing?.get(index);
           if (inFlight) block = inFlight.copy(capacity);
           else {
-            const base = whole ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
+            // A block wholly overwritten, or entirely past the end (a new file, an append at a block
+            // boundary), keeps nothing of its committed content: no need to read it.
+            const keepsNothing = whole || validInBlock === 0;
+            const base = keepsNothing ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
             block = new DirtyBlock(base, capacity, this.options.budget);
           }
           if (this.dirty.size === 0) this.dirtySince = Date.now();
-          // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
-          const validInBlock = Math.max(0, this.size - index * bs);
           if (block.len > validInBlock) block.len = validInBlock;
           this.dirty.set(index, block);
         }

@@ -6,7 +6,7 @@ import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
 import type { KvSession } from '../meta/kv';
-import { Attr, Entry, FileType, ROOT_INO, keys, nowNs, typeOfMode } from '../meta/schema';
+import { Attr, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
@@ -257,6 +257,8 @@ export class Filesystem {
     const attr = await this.meta.create(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
     this.attrs.delete(parent);
     this.rememberEntry(parent, { name, ino: attr.ino, type });
+    // A new inode has no extended attributes (saves a read at the kernel's first getxattr).
+    if (this.options.attrCacheMs > 0) this.xattrNames.set(attr.ino, { value: new Set(), expires: Date.now() + this.options.attrCacheMs });
     return this.rememberAttr(attr);
   }
 
@@ -437,8 +439,17 @@ export class Filesystem {
       if (value && file) this.hold(ino, file);
       return;
     }
-    if (m[3] === 'I') this.attrs.delete(ino);
-    else if (m[3] === 'D') this.entries.delete(this.entryKey(ino, m[4]));
+    // A change whose value is what the cache holds (this mount's own commit, echoed by the watch)
+    // leaves it: the cache is as new as that change.
+    if (m[3] === 'I') {
+      const cached = this.attrs.get(ino);
+      if (cached && value && encodeAttr(cached.value).equals(value)) return;
+      this.attrs.delete(ino);
+    } else if (m[3] === 'D') {
+      const cached = this.entries.get(this.entryKey(ino, m[4]));
+      if (cached && value && encodeEntry(cached.value.ino, cached.value.type).equals(value)) return;
+      this.entries.delete(this.entryKey(ino, m[4]));
+    }
     // Block maps (C keys) are not dropped here: an open file reads from the map it has (re-read at
     // every open: close-to-open), so one read() never mixes blocks of two commits; a block deleted
     // under it makes the reader re-read the map (lib/fs/file.ts).
