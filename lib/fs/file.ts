@@ -207,10 +207,16 @@ export class OpenFile {
   /** Blocks fetched ahead of a sequential reader; doubles while the reader keeps reading on. */
   private readaheadBlocks = 0;
 
-  async read(position: number, length: number): Promise<Buffer> {
+  /**
+   * Reads up to `length` bytes at `position`. With `into` (the kernel request's reply buffer), the
+   * bytes are placed there and a view of it is returned, saving an allocation and a copy.
+   */
+  async read(position: number, length: number, into?: Buffer): Promise<Buffer> {
     if (position >= this.size || length <= 0) return Buffer.alloc(0);
     const end = Math.min(this.size, position + length);
-    const out = Buffer.alloc(end - position);
+    // Not zero-filled: every byte is either copied from a block below or zeroed there (holes,
+    // blocks shorter than the range).
+    const out = into && into.length >= end - position ? into.subarray(0, end - position) : Buffer.allocUnsafe(end - position);
     const bs = this.blockSize;
     const sequential = position === this.lastReadEnd;
     this.lastReadEnd = end;
@@ -225,8 +231,11 @@ export class OpenFile {
       for (let next = index + 1; next <= lastBlock; next++) readahead.push(next);
       pieces.push(
         this.blockContent(index, readahead).then((data) => {
-          // A block shorter than the range (a tail cut by truncate, then extended) reads as zeros past its end.
-          if (data && data.length > from - blockStart) data.copy(out, from - position, from - blockStart, Math.min(to - blockStart, data.length));
+          const at = from - position;
+          let copied = 0;
+          if (data && data.length > from - blockStart) copied = data.copy(out, at, from - blockStart, Math.min(to - blockStart, data.length));
+          // A hole, or a block shorter than the range (a tail cut by truncate, then extended), reads as zeros.
+          if (copied < to - from) out.fill(0, at + copied, at + (to - from));
         }),
       );
     }

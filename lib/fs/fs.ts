@@ -545,10 +545,11 @@ export class Filesystem {
     handle.file.revalidate(await this.attrOf(handle.ino));
   }
 
-  async read(fh: number, length: number, position: number): Promise<Buffer> {
+  /** `into`: a buffer to read into (see OpenFile.read). */
+  async read(fh: number, length: number, position: number, into?: Buffer): Promise<Buffer> {
     const handle = this.handle(fh);
     if (!handle.atimeChecked) await this.touchAtime(handle);
-    return handle.file.read(position, length);
+    return handle.file.read(position, length, into);
   }
 
   /**

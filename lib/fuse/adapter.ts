@@ -173,10 +173,11 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     read: (_path, fh, buf, len, pos, cb) =>
       answer(
         'read',
-        () => fs.read(fh, len, pos),
+        // The reply buffer belongs to this request until cb: the file layer fills it in place.
+        () => fs.read(fh, len, pos, buf.subarray(0, len)),
         (code, data) => {
           if (code < 0 || !data) return cb(code);
-          data.copy(buf);
+          if (data.buffer !== buf.buffer || data.byteOffset !== buf.byteOffset) data.copy(buf);
           cb(data.length);
         },
       ),
