@@ -51,7 +51,7 @@ export const fsyncExperiment: Experiment = {
   async run(ctx) {
     const { lab, quick } = ctx;
     const count = { kvfsOn: quick ? 200 : 2000, kvfsOff: quick ? 150 : 1000, local: quick ? 200 : 2000 };
-    const maxMs = quick ? 20_000 : 90_000;
+    const maxMs = quick ? 15_000 : 60_000;
     const results: Record<string, TargetResult> = {};
     const volume = await lab.newVolume('fsync');
     for (const t of TARGETS) {

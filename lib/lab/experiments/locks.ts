@@ -34,6 +34,8 @@ done = 0
 waits = []
 t_start = time.monotonic()
 for i in range(n):
+    if (time.monotonic() - t_start) * 1000 > a['maxMs']:
+        break
     try:
         t0 = time.monotonic()
         lock()
@@ -93,6 +95,8 @@ export const locksExperiment: Experiment = {
   async run(ctx) {
     const { lab, quick } = ctx;
     const iterations = quick ? 30 : 150;
+    // Each worker also stops after maxMs (lock changes are metadata transactions: slow under load).
+    const maxMs = quick ? 10_000 : 30_000;
     const perMount = 2;
     const volume = await lab.newVolume('locks');
     const a = await lab.mount(volume, 'locks-A');
@@ -105,7 +109,7 @@ export const locksExperiment: Experiment = {
           lab.check();
           const key = `${kind}, ${where}`;
           const workers = perMount * 2;
-          ctx.log(`${key}: ${workers} processes × ${iterations} increments`);
+          ctx.log(`${key}: ${workers} processes × ${iterations} increments (at most ${maxMs / 1000} s)`);
           const dirs: string[] =
             where === 'local disk' ? Array(workers).fill(localDir) : where === 'one mount' ? Array(workers).fill(a.mnt) : [a.mnt, a.mnt, b.mnt, b.mnt];
           const name = `counter-${kind}-${where.replace(/ /g, '-')}`;
@@ -116,7 +120,7 @@ export const locksExperiment: Experiment = {
           const work = async () => {
             const startAt = nowMs() + 800;
             const handles = dirs.map((d) =>
-              lab.startPython<WorkerResult>(SCRIPT, { kind, iterations, startAt, lock: path.join(d, `${name}.lock`), counter: path.join(d, name) }, 600_000),
+              lab.startPython<WorkerResult>(SCRIPT, { kind, iterations, maxMs, startAt, lock: path.join(d, `${name}.lock`), counter: path.join(d, name) }, 600_000),
             );
             return Promise.all(handles.map((h) => h.done));
           };
@@ -171,6 +175,7 @@ export const locksExperiment: Experiment = {
       config: {
         workersPerConfig: perMount * 2,
         iterationsPerWorker: iterations,
+        maxSecondsPerWorker: maxMs / 1000,
         workers: 'python3 processes; on two mounts two on A and two on B; the control puts all four on A',
         increment: 'lock (flock LOCK_EX or fcntl.lockf LOCK_EX on a separate lock file) → open/read/close the counter → open/write/close it (+1) → unlock',
         mount: 'kvfs defaults',

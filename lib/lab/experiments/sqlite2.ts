@@ -62,7 +62,7 @@ export const sqlite2Experiment: Experiment = {
   async run(ctx) {
     const { lab, quick } = ctx;
     const rows = quick ? 30 : 200;
-    const maxMs = quick ? 20_000 : 60_000;
+    const maxMs = quick ? 15_000 : 40_000;
     const busyTimeoutMs = 10_000;
     const volume = await lab.newVolume('sqlite2');
     const results: Record<string, ConfigResult> = {};
@@ -163,7 +163,8 @@ export const sqlite2Experiment: Experiment = {
       x
         ? `${x.integrityOk ? 'integrity ok' : `integrity_check ${x.checkError ? `could not run (${x.checkError.split(':')[0]})` : `FAILED (${x.integrity[0] ?? ''})`}`}, ` +
           `${x.acked} of ${x.attempted} transactions acknowledged, ` +
-          `${x.unreadable ? `rows unreadable: all ${x.acked} acknowledged rows lost` : `${x.lostRows ?? '?'} of ${x.acked} acknowledged rows lost`}, ${sum(Object.values(x.errors))} errors seen by the writers`
+          `${x.unreadable ? `rows unreadable: all ${x.acked} acknowledged rows lost` : `${x.lostRows ?? '?'} of ${x.acked} acknowledged rows lost`}, ${sum(Object.values(x.errors))} errors seen by the writers` +
+          `${x.error ? `; a writer process failed (${x.error.split(';')[0].replace(/ without a result.*/, '').slice(0, 80)})` : ''}`
         : 'not run';
     const finding =
       `Two mounts, DELETE journal: ${say(r('DELETE', 'two mounts'))}; WAL: ${say(r('WAL', 'two mounts'))}. ` +
