@@ -94,7 +94,7 @@ export const locksExperiment: Experiment = {
 
   async run(ctx) {
     const { lab, quick } = ctx;
-    const iterations = quick ? 30 : 150;
+    const iterations = quick ? 20 : 150;
     // Each worker also stops after maxMs (lock changes are metadata transactions: slow under load).
     const maxMs = quick ? 10_000 : 30_000;
     const perMount = 2;

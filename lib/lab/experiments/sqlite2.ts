@@ -61,8 +61,8 @@ export const sqlite2Experiment: Experiment = {
 
   async run(ctx) {
     const { lab, quick } = ctx;
-    const rows = quick ? 30 : 200;
-    const maxMs = quick ? 15_000 : 40_000;
+    const rows = quick ? 20 : 200;
+    const maxMs = quick ? 10_000 : 40_000;
     const busyTimeoutMs = 10_000;
     const volume = await lab.newVolume('sqlite2');
     const results: Record<string, ConfigResult> = {};

@@ -84,7 +84,7 @@ export const stalenessExperiment: Experiment = {
 
   async run(ctx) {
     const { lab, quick } = ctx;
-    const count = quick ? 20 : 100;
+    const count = quick ? 15 : 100;
     const intervalMs = 100;
     const startDelayMs = 1000;
     const pauseMs = 2;
