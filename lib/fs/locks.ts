@@ -135,6 +135,15 @@ function apply(held: Held[], want: Want): Held[] {
   return out;
 }
 
+/**
+ * Rewrites the inode's lock version, the key every lock transaction reads (so concurrent changes
+ * conflict), or deletes it when no record is left on the inode.
+ */
+function touchVersion(tx: KvTxn, ino: number, recordsLeft = true): void {
+  if (recordsLeft) tx.put(keys.lockVersion(ino), Buffer.from(String(Date.now())));
+  else tx.delete(keys.lockVersion(ino));
+}
+
 /** This daemon's view of one inode's locks. */
 interface InodeState {
   /** claimed: arbitrated here, in memory. shared: every change is a transaction on exact records. */
@@ -355,13 +364,12 @@ export class LockTable {
       const { mine, others, dead } = await this.readRecords(tx, ino, me);
       const mineHeld = mine?.held ?? [];
       for (const key of dead) tx.delete(key);
-      const bump = (): void => tx.put(keys.lockVersion(ino), Buffer.from(String(Date.now())));
       if (others.some((o) => o.claim)) {
         // Ask the claimer to publish its locks (its watch sees our record change).
         if (!mine?.waiting || nudge) {
           tx.put(keys.lock(ino, me), encode({ claim: false, waiting: true, held: mineHeld }));
-          bump();
-        } else if (dead.length > 0) bump();
+          touchVersion(tx, ino);
+        } else if (dead.length > 0) touchVersion(tx, ino);
         return { attempt: { outcome: 'claimed' } };
       }
       const all = [...others.flatMap((o) => o.held), ...mineHeld];
@@ -372,7 +380,7 @@ export class LockTable {
           if (mineHeld.length > 0) tx.put(keys.lock(ino, me), encode({ claim: false, waiting: false, held: mineHeld }));
           else tx.delete(keys.lock(ino, me));
         }
-        if (dead.length > 0 || mine?.waiting) bump();
+        if (dead.length > 0 || mine?.waiting) touchVersion(tx, ino);
         return { attempt: by ? { outcome: 'blocked', by } : { outcome: 'done' } };
       }
       const next = apply(mineHeld, want);
@@ -382,8 +390,7 @@ export class LockTable {
       else if (next.length > 0) tx.put(keys.lock(ino, me), encode({ claim: false, waiting: false, held: next }));
       else tx.delete(keys.lock(ino, me));
       // Nothing left on the inode: leave no key behind.
-      if (!claim && next.length === 0 && others.length === 0) tx.delete(keys.lockVersion(ino));
-      else bump();
+      touchVersion(tx, ino, claim || next.length > 0 || others.length > 0);
       return { attempt: { outcome: 'done' }, claimed: claim, held: next };
     });
     // Only once committed (a transaction function may run several times).
@@ -403,7 +410,7 @@ export class LockTable {
       if (!mine?.waiting) return;
       if (mine.held.length > 0) tx.put(keys.lock(ino, me), encode({ ...mine, waiting: false }));
       else tx.delete(keys.lock(ino, me));
-      tx.put(keys.lockVersion(ino), Buffer.from(String(Date.now())));
+      touchVersion(tx, ino);
     });
   }
 
@@ -417,7 +424,7 @@ export class LockTable {
       await tx.get(keys.lockVersion(ino));
       if (state.held.length > 0) tx.put(keys.lock(ino, me), encode({ claim: false, waiting: false, held: state.held }));
       else tx.delete(keys.lock(ino, me));
-      tx.put(keys.lockVersion(ino), Buffer.from(String(Date.now())));
+      touchVersion(tx, ino);
     });
     clearTimeout(state.idle);
     state.mode = 'shared';
@@ -433,8 +440,7 @@ export class LockTable {
       const { others, dead } = await this.readRecords(tx, ino, me);
       for (const key of dead) tx.delete(key);
       tx.delete(keys.lock(ino, me));
-      if (others.length === 0) tx.delete(keys.lockVersion(ino));
-      else tx.put(keys.lockVersion(ino), Buffer.from(String(Date.now())));
+      touchVersion(tx, ino, others.length > 0);
     });
     if (this.inodes.get(ino) === state && state.held.length === 0 && state.pending === 0) this.inodes.delete(ino);
     else state.mode = 'shared'; // a request came in meanwhile: it goes by the records from now on
