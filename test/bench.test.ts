@@ -19,6 +19,7 @@ const WORKLOADS: Record<string, string[]> = {
   seqReadWarm: ['MBps'],
   randomRead: ['opsPerSec', 'p50Ms', 'p99Ms'],
   smallFiles: ['createPerSec', 'readPerSec', 'statPerSec', 'unlinkPerSec'],
+  parallelCreate: ['createPerSec'],
   appendFsync: ['p50Ms', 'p99Ms'],
 };
 const RAW: Record<string, string[]> = {

@@ -16,7 +16,8 @@ filesystem (same binding and mount options, stores nothing, answers at once):
   2. sequential read in 1 MiB reads, cold (just remounted) and warm (again) (MB/s)
   3. 4 KiB reads at random aligned offsets of that file (ops/s, p50, p99)
   4. small files in one directory: create + write 4 KiB + close, read back,
-     stat, unlink (ops/s each)
+     stat, unlink (ops/s each); then the same creates from 8 threads at once,
+     each in its own directory (the concurrency of the raw txn ceiling)
   5. append 4 KiB + fsync (p50, p99)
 and the cost of encryption at rest: workloads 1 and 2 also on a second fresh
 volume made with 'kvfs format --encrypt' (a random key for the run), printed

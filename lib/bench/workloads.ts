@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import type { BlockStore } from '../data/store';
 import type { KvEngine } from '../meta/kv';
 
@@ -203,6 +204,80 @@ export async function smallFiles(dir: string, count: number, c: Canceller, probe
   const unlinkPerSec = await timed('smallUnlink', (name) => fs.unlinkSync(name));
   fs.rmdirSync(dir);
   return { createPerSec, readPerSec, statPerSec, unlinkPerSec, files: count };
+}
+
+// One writer of workload 4b: creates its share of the files with synchronous calls, so every
+// worker thread has exactly one request in flight, like a single-threaded `tar x` each.
+const PARALLEL_CREATE_WORKER = `
+const fs = require('node:fs');
+const { join } = require('node:path');
+const { workerData, parentPort } = require('node:worker_threads');
+const { dir, count, data } = workerData;
+const buf = Buffer.from(data);
+parentPort.once('message', () => {
+  try {
+    for (let i = 0; i < count; i++) {
+      const fd = fs.openSync(join(dir, 'f' + i), 'w');
+      try {
+        for (let off = 0; off < buf.length; ) off += fs.writeSync(fd, buf, off, buf.length - off);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    parentPort.postMessage({ ok: true });
+  } catch (err) {
+    parentPort.postMessage({ ok: false, error: String(err && err.message || err) });
+  }
+});
+parentPort.postMessage({ ready: true });
+`;
+
+/**
+ * Workload 4b: the same create + write 4 KiB + close as workload 4, by `writers` threads at
+ * once, each in a directory of its own (creates in one directory are serialized by the kernel's
+ * directory lock). This is the concurrency the raw 64-concurrent transaction ceiling has, which
+ * a single writer cannot use. Returns files per second over all writers; removes the files.
+ */
+export async function parallelCreates(dir: string, count: number, writers: number, c: Canceller, probe?: Probe): Promise<{ createPerSec: number; files: number; writers: number }> {
+  c.check();
+  const data = randomBytes(4096);
+  const per = Math.max(1, Math.floor(count / writers));
+  fs.mkdirSync(dir);
+  const workers: Worker[] = [];
+  try {
+    const ready: Promise<void>[] = [];
+    for (let w = 0; w < writers; w++) {
+      const wdir = join(dir, `w${w}`);
+      fs.mkdirSync(wdir);
+      const worker = new Worker(PARALLEL_CREATE_WORKER, { eval: true, workerData: { dir: wdir, count: per, data } });
+      workers.push(worker);
+      ready.push(new Promise((resolve, reject) => {
+        worker.once('message', () => resolve());
+        worker.once('error', reject);
+      }));
+    }
+    await Promise.all(ready);
+    await probe?.start();
+    const start = performance.now();
+    const results = await Promise.all(
+      workers.map(
+        (worker) =>
+          new Promise<{ ok: boolean; error?: string }>((resolve, reject) => {
+            worker.once('message', resolve);
+            worker.once('error', reject);
+            worker.postMessage('go');
+          }),
+      ),
+    );
+    const ms = performance.now() - start;
+    await probe?.stop('parallelCreate');
+    const failed = results.find((r) => !r.ok);
+    if (failed) throw new Error(`parallel creates: ${failed.error}`);
+    return { createPerSec: (per * writers) / (ms / 1000), files: per * writers, writers };
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Workload 5: append 4 KiB then fsync, N times, each timed. The file is removed afterwards. */
