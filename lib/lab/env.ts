@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { startEtcd, startRedis, type Etcd, type Redis } from './servers';
+import { startEtcd, startRedis, type EtcdServer, type RedisServer } from '../testbed/servers';
 import { nowMs, sleep } from './util';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -258,8 +258,8 @@ export class Lab {
   readonly tmp: string;
   readonly home: string;
   readonly env: NodeJS.ProcessEnv;
-  etcd?: Etcd;
-  redis?: Redis;
+  etcd?: EtcdServer;
+  redis?: RedisServer;
   /** etcd://HOST:PORT[,...]/ (the volume name is appended) */
   private metaBase = '';
   private volumePrefix = 'lab';
@@ -299,8 +299,8 @@ export class Lab {
       } else {
         lab.log('lab: starting etcd and redis-server on loopback ports');
         const [etcd, redis] = await Promise.allSettled([
-          startEtcd(path.join(lab.tmp, 'etcd'), (pid) => lab.track(pid)),
-          startRedis(path.join(lab.tmp, 'redis'), 'always', (pid) => lab.track(pid)),
+          startEtcd({ dir: path.join(lab.tmp, 'etcd'), onSpawn: (child) => lab.track(child.pid!) }),
+          startRedis({ dir: path.join(lab.tmp, 'redis'), appendonly: 'always', onSpawn: (child) => lab.track(child.pid!) }),
         ]);
         if (etcd.status === 'fulfilled') lab.etcd = etcd.value;
         if (redis.status === 'fulfilled') lab.redis = redis.value;

@@ -5,7 +5,7 @@
 
 import * as path from 'node:path';
 import type { KvfsMount } from '../env';
-import type { LabServer } from '../servers';
+import type { ServerProcess } from '../../testbed/servers';
 import { figure, table, zeroGood } from '../markup';
 import { COLORS, lineChart } from '../svg';
 import type { Experiment, ExperimentReport } from '../types';
@@ -60,7 +60,7 @@ export const stallExperiment: Experiment = {
     const timeoutS = 2;
     const volume = await lab.newVolume('stall');
     const results: Record<string, TargetResult> = {};
-    const targets: Array<{ key: string; server?: LabServer; label: string }> = [
+    const targets: Array<{ key: string; server?: ServerProcess; label: string }> = [
       { key: 'redis', server: lab.redis, label: `Redis paused ${stallMs / 1000} s` },
       { key: 'etcd', server: lab.etcd, label: `etcd paused ${stallMs / 1000} s` },
       { key: 'local', label: 'local disk (nothing paused)' },
