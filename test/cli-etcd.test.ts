@@ -1,5 +1,5 @@
 // CLI lifecycle (shared with other backends through cliSuite) plus etcd/Redis-specific bad input:
-// malformed URLs and unreachable servers must fail with exit 1 and one line on stderr within 10 s,
+// malformed URLs and unreachable servers must fail with exit 1 and one line on stderr within 30 s,
 // leaving nothing mounted and no process behind.
 import test from 'ava';
 import * as fs from 'node:fs';

@@ -1329,12 +1329,16 @@ function stderrLines(r: { stderr: string }): string[] {
   return r.stderr.split('\n').filter((l) => l.trim() !== '');
 }
 
-/** Exit 1 within 10 s, exactly one line on stderr, nothing mounted at mnt, no process left. */
+/**
+ * Exit 1 without hanging, exactly one line on stderr, nothing mounted at mnt, no process left.
+ * The commands give up on a backend after about 5-10 s; the bound is 30 s so that a loaded
+ * machine (a second node process starting takes seconds there) does not fail it.
+ */
 export async function assertCleanFailure(t: T, what: string, r: RunResult, opts: { mnt?: string; tokens: string[] }): Promise<void> {
   const info = describeRun(what, r);
   t.false(r.timedOut, `${what}: must not hang\n${info}`);
   t.is(r.code, 1, `${what}: exit code\n${info}`);
-  t.true(r.ms < 10_000, `${what}: must fail within 10 s (took ${r.ms} ms)`);
+  t.true(r.ms < 30_000, `${what}: must fail within 30 s (took ${r.ms} ms)`);
   t.is(stderrLines(r).length, 1, `${what}: exactly one line on stderr\n${info}`);
   if (opts.mnt) t.false(isMounted(opts.mnt), `${what}: nothing mounted at ${opts.mnt}`);
   await sleep(200);
