@@ -70,6 +70,13 @@ Options:
                         go with its session). local: the kernel arbitrates them on
                         this mount alone (faster; processes on other mounts do not
                         see them)
+  --direct-io           no kernel page cache for file data: every read and write
+                        goes to the daemon. Needed when processes on different
+                        mounts keep one file open and take turns under locks
+                        (SQLite with journal_mode DELETE or TRUNCATE on several
+                        hosts): otherwise a file kept open may read pages another
+                        mount has since changed. Shared mmap then fails (ENODEV),
+                        so SQLite's WAL mode cannot be used on such a mount
   --session-ttl SECONDS how long this mount stays registered after it stops
                         answering (crash, cut off); after that other mounts reclaim
                         files it held open, and its uncommitted writes are refused
@@ -109,6 +116,7 @@ const OPTIONS = {
   'backend-timeout': { type: 'string' },
   'session-ttl': { type: 'string' },
   locks: { type: 'string' },
+  'direct-io': { type: 'boolean' },
 } as const;
 
 /**
@@ -229,6 +237,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
       // Longer than the backend timeout, so the daemon's own error (with its errno) wins.
       opTimeout: backendTimeout * 2 + 5,
       locks,
+      directIo: Boolean(values['direct-io']),
       metrics,
       observe: (op, errno, ms) => {
         if (errno === 5 || errno === 110) console.error(`kvfs: ${op} failed with errno ${errno} after ${ms.toFixed(0)} ms`);

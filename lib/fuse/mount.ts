@@ -27,6 +27,8 @@ export interface MountOptions {
    * for every mount of the volume. 'local': the kernel arbitrates them on this mount alone.
    */
   locks: 'global' | 'local';
+  /** Bypass the kernel's page cache for file data (libfuse's direct_io). */
+  directIo?: boolean;
   observe?: OpObserver;
   /** Per-operation timers (backend waits vs the rest). */
   metrics?: Metrics;
@@ -128,6 +130,11 @@ export async function mount(fs: Filesystem, path: string, options: MountOptions)
     // The binding still sets flag_nullpath_ok, so handle-based ops would work with hard_remove.
   ];
   if (options.readOnly) extra.push('ro');
+  // No kernel page cache for file data: every read and write goes to the daemon, so a file kept
+  // open sees another mount's committed writes once its lock or open revalidates. libfuse2 can
+  // neither invalidate one file's cached pages (no nodeids on the path API) nor negotiate
+  // FUSE_AUTO_INVAL_DATA, so this is the only way; the kernel then refuses shared mmap (ENODEV).
+  if (options.directIo) extra.push('direct_io');
   let fuse: FuseInstance | undefined;
   const context = (): Caller => fuse!.getContext();
   const ops = makeOps(fs, context, options.observe, options.metrics);
