@@ -37,7 +37,7 @@ const INO_BASE = 0x100000000 // > 2^32: checks that st_ino is passed with 64 bit
 // ---------------------------------------------------------------- the in-memory filesystem
 const nodes = new Map()
 let nextIno = 2
-const log = { create: [], utimens: [], writes: [], reads: [], fgetattr: [], chown: [], fh: [], locks: [], flocks: [] }
+const log = { create: [], utimens: [], writes: [], reads: [], fgetattr: [], chown: [], fh: [], locks: [], flocks: [], fallocates: [] }
 let slowGetattrMs = 0
 let inFlight = 0
 let peakInFlight = 0
@@ -159,7 +159,16 @@ const ops = {
     if (cmd === 5) return cb(0, { type: 1, start: 5n * GiBn, len: 7n, pid: process.pid })
     cb(0)
   },
-  flock (p, fd, op, owner, cb) { log.flocks.push({ path: p, fd, op, owner }); cb(0) }
+  flock (p, fd, op, owner, cb) { log.flocks.push({ path: p, fd, op, owner }); cb(0) },
+  // Record fallocate; mode 0 grows the file like the daemon does.
+  fallocate (p, fd, mode, offset, length, cb) {
+    log.fallocates.push({ path: p, fd, mode, offset, length })
+    if (mode !== 0) return cb(0)
+    const n = nodes.get(p)
+    if (!n) return cb(Fuse.ENOENT)
+    n.size = Math.max(n.size, offset + length)
+    cb(0)
+  }
 }
 
 // Handle numbers: files named fh-<n> get handle n, everything else handle 1.
@@ -305,6 +314,16 @@ async function main () {
   await run('dd', ['if=' + sparse, 'of=/dev/null', 'bs=4096', 'count=1', 'skip=' + (5 * GiB / 4096), 'status=none'])
   check('read position above 4 GiB', log.reads.some(r => r.path === '/sparse' && r.pos === 5 * GiB),
     JSON.stringify(log.reads.filter(r => r.path === '/sparse')))
+
+  const fa = path.join(MNT, 'falloc')
+  await run('touch', [fa])
+  await run('fallocate', ['-o', String(5 * GiB), '-l', '7', fa])
+  const f0 = log.fallocates.find(e => e.path === '/falloc')
+  check('fallocate reaches the handler (mode 0, offset above 4 GiB, length)', f0 && f0.mode === 0 && f0.offset === 5 * GiB && f0.length === 7 && f0.fd === 1, JSON.stringify(f0))
+  check('fallocate mode 0 grows the file', await run('stat', ['-c', '%s', fa]) === String(5 * GiB + 7))
+  await run('fallocate', ['-n', '-l', '4096', fa])
+  const f1 = log.fallocates.filter(e => e.path === '/falloc')[1]
+  check('fallocate --keep-size arrives with FALLOC_FL_KEEP_SIZE', f1 && f1.mode === 1 && f1.offset === 0 && f1.length === 4096, JSON.stringify(f1))
 
   console.log('handle numbers', ((Date.now() - T0) / 1000).toFixed(1) + ' s')
   for (const h of [1, 0x7fffffff, 0xfffffffe]) {

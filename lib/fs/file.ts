@@ -368,6 +368,20 @@ export class OpenFile {
     });
   }
 
+  /**
+   * Grows the file to at least `size` (a hole), under the write lock so that a concurrent write
+   * past the old end is never cut back; a file already that long is left alone.
+   */
+  async extend(size: number): Promise<Attr | undefined> {
+    return this.writeLock.run(async () => {
+      if (size <= this.size) return undefined;
+      await this.flush();
+      const { attr } = await this.meta.truncate(this.ino, size);
+      this.size = attr.size;
+      return attr;
+    });
+  }
+
   /** Deletes blocks no longer referenced by this file. Failures only leak space (gc finds it). */
   private releaseBlocks(ids: number[]): void {
     for (const id of ids) this.cache.remove(id);

@@ -52,6 +52,8 @@ const NAME_MAX = 255;
 const PATH_MAX = 4096;
 const XATTR_SIZE_MAX = 65536;
 const O_ACCMODE = 3;
+/** fallocate(2) mode flag: allocate without changing the file size. */
+const FALLOC_FL_KEEP_SIZE = 1;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 const O_TRUNC = 0o1000;
@@ -576,6 +578,24 @@ export class Filesystem {
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === 0) throw new FsError('EBADF');
     return handle.file.write(position, data);
+  }
+
+  /**
+   * fallocate(2). Mode 0 makes the file at least offset + length long; the new range is a hole,
+   * since blocks are only stored when written (so, unlike on a disk, a later write can still
+   * fail for want of space). FALLOC_FL_KEEP_SIZE alone has nothing to reserve and succeeds.
+   * Punching holes, zeroing, collapsing and inserting ranges are not supported (EOPNOTSUPP;
+   * posix_fallocate and most programs then fall back to writing).
+   */
+  async fallocate(fh: number, mode: number, offset: number, length: number): Promise<void> {
+    this.writable();
+    const handle = this.handle(fh);
+    if ((handle.flags & O_ACCMODE) === 0) throw new FsError('EBADF');
+    if (offset < 0 || length <= 0) throw new FsError('EINVAL');
+    if (mode & ~FALLOC_FL_KEEP_SIZE) throw new FsError('EOPNOTSUPP');
+    if (mode & FALLOC_FL_KEEP_SIZE) return;
+    const attr = await handle.file.extend(offset + length);
+    if (attr) this.rememberAttr(attr);
   }
 
   /** close(2) of a descriptor: commit, so the next open anywhere sees the data (close-to-open). */

@@ -67,6 +67,8 @@ export interface FuseOps {
   release(path: string, fh: number, cb: Cb): void;
   truncate(path: string, size: number, cb: Cb): void;
   ftruncate(path: string, fh: number, size: number, cb: Cb): void;
+  /** Patched binding: fallocate(2) with mode 0 or FALLOC_FL_* flags. */
+  fallocate(path: string, fh: number, mode: number, offset: number, length: number, cb: Cb): void;
   unlink(path: string, cb: Cb): void;
   rename(src: string, dest: string, cb: Cb): void;
   link(src: string, dest: string, cb: Cb): void;
@@ -189,6 +191,7 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     release: (_path, fh, cb) => answer('release', () => fs.release(fh), done(cb)),
     truncate: (path, size, cb) => answer('truncate', () => fs.truncate(path, size), done(cb)),
     ftruncate: (path, fh, size, cb) => answer('ftruncate', () => fs.ftruncate(path, fh, size), done(cb)),
+    fallocate: (_path, fh, mode, offset, length, cb) => answer('fallocate', () => fs.fallocate(fh, mode, offset, length), done(cb)),
     unlink: (path, cb) => answer('unlink', () => fs.unlink(path), done(cb)),
     rename: (src, dest, cb) => answer('rename', () => fs.rename(src, dest), done(cb)),
     link: (src, dest, cb) => answer('link', () => fs.link(src, dest), done(cb)),

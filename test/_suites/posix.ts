@@ -34,6 +34,7 @@ import {
   mountEntry,
   processesMatching,
   removeTempDir,
+  run,
   RunResult,
   sleep,
   startServers,
@@ -560,6 +561,38 @@ export function posixSuite(test: TestFn, backend: Backend): void {
     t.is(fs.readFileSync(f).length, 0);
     t.is(codeOf(() => fs.truncateSync(path.join(d, 'missing'), 0)), 'ENOENT');
     t.is(codeOf(() => fs.truncateSync(d, 0)), 'EISDIR');
+  });
+
+  test('fallocate: mode 0 grows the file with zeros, --keep-size and ranges inside change nothing, hole punching is refused', async (t) => {
+    const d = dirFor(t);
+    const f = path.join(d, 'f');
+    const data = prngBytes(4, 5000);
+    fs.writeFileSync(f, data);
+    const total = 4096 + 3 * MiB;
+    const grow = await run('fallocate', ['-o', '4096', '-l', String(3 * MiB), f]);
+    t.is(grow.code, 0, describeRun('fallocate -o 4096 -l 3M', grow));
+    t.is(lstat(f).size, BigInt(total));
+    const got = readOrFail(t, f, 'after fallocate');
+    t.true(got.subarray(0, 5000).equals(data), 'the data written before is kept');
+    t.true(got.subarray(5000).equals(Buffer.alloc(total - 5000)), 'the allocated range reads zeros');
+    const inside = await run('fallocate', ['-o', '0', '-l', '100', f]);
+    t.is(inside.code, 0, describeRun('fallocate inside the file', inside));
+    const keep = await run('fallocate', ['--keep-size', '-l', String(8 * MiB), f]);
+    t.is(keep.code, 0, describeRun('fallocate --keep-size', keep));
+    t.is(lstat(f).size, BigInt(total), 'neither changes the size');
+    const punch = await run('fallocate', ['--punch-hole', '-o', '0', '-l', '10', f]);
+    t.not(punch.code, 0, 'punching a hole is refused (EOPNOTSUPP)');
+    t.true(readOrFail(t, f, 'after a refused punch').subarray(0, 5000).equals(data), 'and changes nothing');
+    // posix_fallocate on a file still open for writing, past data not yet committed.
+    const fd = fs.openSync(path.join(d, 'g'), 'w');
+    fs.writeSync(fd, data);
+    const py = await run('python3', ['-c', `import os; fd = os.open(${JSON.stringify(path.join(d, 'g'))}, os.O_WRONLY); os.posix_fallocate(fd, 0, 1 << 20); os.close(fd)`]);
+    t.is(py.code, 0, describeRun('posix_fallocate', py));
+    fs.writeSync(fd, Buffer.from('tail'), 0, 4, 6000);
+    fs.closeSync(fd);
+    const g = readOrFail(t, path.join(d, 'g'), 'after posix_fallocate');
+    t.is(g.length, 1 << 20);
+    t.true(g.subarray(0, 5000).equals(data) && g.subarray(6000, 6004).toString() === 'tail', 'writes before and after are kept');
   });
 
   test('unlink removes the name; an open handle keeps working until close', async (t) => {
