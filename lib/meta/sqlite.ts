@@ -149,6 +149,7 @@ function checkLimit(options: ScanOptions | undefined): number {
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS session_keys (key BLOB PRIMARY KEY) WITHOUT ROWID;
 `;
 
 class SqliteTxn implements KvTxn {
@@ -219,6 +220,8 @@ export class SqliteKv implements KvEngine {
   private busy = false;
   private readonly waiters: Array<() => void> = [];
   private closed = false;
+  /** Keys of the sessions this engine opened and has not closed (see openSession). */
+  private readonly liveSessionKeys = new Set<string>();
 
   /** Opens DIR/meta.db; throws FsError EBUSY if another process (or engine) has it open. */
   constructor(options: SqliteKvOptions) {
@@ -397,17 +400,47 @@ export class SqliteKv implements KvEngine {
   }
 
   /** One host, one daemon (the database lock guarantees it): a session never expires. */
+  /**
+   * A session's keys are recorded in session_keys, so that they can go as an etcd lease's keys
+   * do when their holder dies: meta.db is open in one process at a time, so at the next
+   * openSession every recorded key of a session this engine did not open belongs to a daemon
+   * that died (kill -9, power loss) and is deleted in the same transaction.
+   */
   async openSession(key: string, value: Buffer, _ttlSeconds: number): Promise<KvSession> {
     const attached = new Set<string>([key]);
-    await this.txn(async (tx) => tx.put(key, value));
+    const record = this.db.prepare<[Buffer]>('INSERT OR IGNORE INTO session_keys (key) VALUES (?)');
+    const forget = this.db.prepare<[Buffer]>('DELETE FROM session_keys WHERE key = ?');
+    await this.txn(async (tx) => {
+      const recorded = this.db.prepare<[], { key: Buffer }>('SELECT key FROM session_keys').all();
+      for (const row of recorded) {
+        const stale = row.key.toString('utf8');
+        if (this.liveSessionKeys.has(stale)) continue;
+        tx.delete(stale);
+        forget.run(row.key);
+      }
+      tx.put(key, value);
+      record.run(utf8(key));
+    });
+    this.liveSessionKeys.add(key);
     return {
       lost: new Promise<void>(() => undefined),
       attach: async (k, v) => {
         attached.add(k);
-        await this.txn(async (tx) => tx.put(k, v));
+        this.liveSessionKeys.add(k);
+        await this.txn(async (tx) => {
+          tx.put(k, v);
+          record.run(utf8(k));
+        });
       },
       close: async () => {
-        if (this.db.open) await this.txn(async (tx) => attached.forEach((k) => tx.delete(k)));
+        if (!this.db.open) return;
+        await this.txn(async (tx) =>
+          attached.forEach((k) => {
+            tx.delete(k);
+            forget.run(utf8(k));
+            this.liveSessionKeys.delete(k);
+          }),
+        );
       },
     };
   }
