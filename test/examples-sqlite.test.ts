@@ -46,6 +46,21 @@ async function assertDatabase(t: ExecutionContext, db: string, rows: number, jou
   t.is(cli.stdout, `ok\n${rows}\n${rows}\n`, `${what} (sqlite3 CLI)`);
 }
 
+/** Another mount of the volume (with its mount arguments), as another host would have; unmounted at teardown. */
+async function secondMount(t: ExecutionContext, vol: Volume): Promise<string> {
+  const dir2 = makeTempDir('kvfs-sqlite-mnt2-');
+  const mnt2 = path.join(dir2, 'mnt');
+  fs.mkdirSync(mnt2);
+  const second = spawnMount([...vol.mountArgsFor(), mnt2]);
+  t.teardown(async () => {
+    if (isMounted(mnt2)) await kvfs(['umount', mnt2]);
+    if (!(await waitExit(second, 20_000))) second.child.kill('SIGKILL');
+    removeTempDir(dir2);
+  });
+  await second.ready;
+  return mnt2;
+}
+
 async function volume(t: ExecutionContext): Promise<{ vol: Volume; dir: string }> {
   const vol = await startVolume({ backend: 'etcd' });
   t.teardown(() => vol.stop());
@@ -119,16 +134,7 @@ test('SQLite\'s locks hold across mounts: a second writer gets SQLITE_BUSY on th
   await appOk(t, [db, 'write', '--rows', '10']);
 
   // A second mount of the same volume, as another host would have.
-  const dir2 = makeTempDir('kvfs-sqlite-mnt2-');
-  const mnt2 = path.join(dir2, 'mnt');
-  fs.mkdirSync(mnt2);
-  const second = spawnMount([...vol.mountArgsFor(), mnt2]);
-  t.teardown(async () => {
-    if (isMounted(mnt2)) await kvfs(['umount', mnt2]);
-    if (!(await waitExit(second, 20_000))) second.child.kill('SIGKILL');
-    removeTempDir(dir2);
-  });
-  await second.ready;
+  const mnt2 = await secondMount(t, vol);
 
   const holder = spawn(process.execPath, ['-e', HOLD, BETTER_SQLITE3, db], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
@@ -172,16 +178,7 @@ test('--direct-io: two long-lived connections on two mounts take turns (journal 
   const init = await run('sqlite3', [db, 'PRAGMA journal_mode=DELETE; CREATE TABLE turns (who TEXT, i INTEGER);']);
   t.is(init.code, 0, describeRun('sqlite3 init', init));
 
-  const dir2 = makeTempDir('kvfs-sqlite-mnt2-');
-  const mnt2 = path.join(dir2, 'mnt');
-  fs.mkdirSync(mnt2);
-  const second = spawnMount([...vol.mountArgsFor(), mnt2]);
-  t.teardown(async () => {
-    if (isMounted(mnt2)) await kvfs(['umount', mnt2]);
-    if (!(await waitExit(second, 20_000))) second.child.kill('SIGKILL');
-    removeTempDir(dir2);
-  });
-  await second.ready;
+  const mnt2 = await secondMount(t, vol);
 
   const rows = 100;
   const [a, b] = await Promise.all([

@@ -6,12 +6,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describeRun, kvfs, makeTempDir, removeTempDir, run, spawnMount } from './_helpers/mount';
 
-test('status of an embedded volume, unmounted and mounted, in a fresh KVFS_HOME', async (t) => {
+/** A temp dir with a fresh KVFS_HOME, a mountpoint and the URL of an embedded volume in it. */
+function scratch(): { dir: string; env: NodeJS.ProcessEnv; mnt: string; meta: string } {
   const dir = makeTempDir('kvfs-status-');
-  const env = { ...process.env, KVFS_HOME: path.join(dir, 'home') };
   const mnt = path.join(dir, 'mnt');
   fs.mkdirSync(mnt);
-  const meta = `file://${dir}/store/vol`;
+  return { dir, env: { ...process.env, KVFS_HOME: path.join(dir, 'home') }, mnt, meta: `file://${dir}/store/vol` };
+}
+
+test('status of an embedded volume, unmounted and mounted, in a fresh KVFS_HOME', async (t) => {
+  const { dir, env, mnt, meta } = scratch();
   try {
     const f = await kvfs(['format', '--meta', meta], { env });
     t.is(f.code, 0, f.stderr);
@@ -46,11 +50,7 @@ test('status of an embedded volume, unmounted and mounted, in a fresh KVFS_HOME'
 });
 
 test('a killed embedded daemon leaves no session behind: the next mount drops it', async (t) => {
-  const dir = makeTempDir('kvfs-status-');
-  const env = { ...process.env, KVFS_HOME: path.join(dir, 'home') };
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  const meta = `file://${dir}/store/vol`;
+  const { dir, env, mnt, meta } = scratch();
   try {
     t.is((await kvfs(['format', '--meta', meta], { env })).code, 0);
     const first = spawnMount(['--meta', meta, mnt], { env });
