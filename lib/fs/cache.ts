@@ -35,6 +35,11 @@ export class BlockCache {
     return pending;
   }
 
+  /** The block if it is cached (counts as a use), else undefined; never fetches. */
+  peek(id: number): Buffer | undefined {
+    return this.lru.get(id);
+  }
+
   prefetch(store: BlockStore, id: number): void {
     if (!this.lru.has(id)) this.get(store, id).catch(() => undefined);
   }

@@ -170,6 +170,7 @@ export class OpenFile {
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
     this.chunks.clear();
+    this.prefetchedThrough = -1;
     this.size = attr.size;
   }
 
@@ -187,14 +188,10 @@ export class OpenFile {
   }
 
   /** The committed content of block `index` (its valid bytes only), or undefined for a hole. */
-  private async committedBlock(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+  private async committedBlock(index: number): Promise<Buffer | undefined> {
     for (let attempt = 0; ; attempt++) {
       const ref = await this.committedRef(index);
       if (!ref) return undefined;
-      for (const next of readahead) {
-        // Best effort: start fetching the next blocks of a sequential reader.
-        this.committedRef(next).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
-      }
       const data = await this.cache.get(this.store, ref.id);
       if (data) return data.length > ref.len ? data.subarray(0, ref.len) : data;
       // Another mount replaced and deleted this block since we read the map: read the map again.
@@ -203,9 +200,37 @@ export class OpenFile {
     }
   }
 
+  /**
+   * Block `index` if it can be had without waiting: its valid bytes, null for a hole, undefined
+   * when its block map or its data must be fetched first. Most reads of a streamed file are
+   * answered this way, without a promise per block.
+   */
+  private blockNow(index: number): Buffer | null | undefined {
+    const local = this.dirty.get(index) ?? this.committing?.get(index);
+    if (local) return local.data();
+    const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
+    if (!map) return undefined;
+    const ref = map.get(index % CHUNK_BLOCKS);
+    if (!ref) return null;
+    const data = this.cache.peek(ref.id);
+    if (!data) return undefined;
+    return data.length > ref.len ? data.subarray(0, ref.len) : data;
+  }
+
+  /** Best effort: starts fetching block `index` for a sequential reader. */
+  private prefetch(index: number): void {
+    if (this.dirty.has(index) || this.committing?.has(index)) return;
+    const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
+    const ref = map?.get(index % CHUNK_BLOCKS);
+    if (ref) this.cache.prefetch(this.store, ref.id);
+    else if (!map) this.committedRef(index).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
+  }
+
   private lastReadEnd = -1;
   /** Blocks fetched ahead of a sequential reader; doubles while the reader keeps reading on. */
   private readaheadBlocks = 0;
+  /** The highest block a prefetch was started for, so each block is asked for once per pass. */
+  private prefetchedThrough = -1;
 
   /**
    * Reads up to `length` bytes at `position`. With `into` (the kernel request's reply buffer), the
@@ -218,35 +243,42 @@ export class OpenFile {
     // blocks shorter than the range).
     const out = into && into.length >= end - position ? into.subarray(0, end - position) : Buffer.allocUnsafe(end - position);
     const bs = this.blockSize;
-    const sequential = position === this.lastReadEnd;
+    const first = Math.floor(position / bs);
+    const last = Math.floor((end - 1) / bs);
+    if (position === this.lastReadEnd) {
+      this.readaheadBlocks = Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2));
+      const target = Math.min(Math.ceil(this.size / bs) - 1, last + this.readaheadBlocks);
+      for (let next = Math.max(this.prefetchedThrough, last) + 1; next <= target; next++) this.prefetch(next);
+      this.prefetchedThrough = Math.max(this.prefetchedThrough, target);
+    } else {
+      this.readaheadBlocks = 0;
+      this.prefetchedThrough = last;
+    }
     this.lastReadEnd = end;
-    this.readaheadBlocks = sequential ? Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2)) : 0;
-    const pieces: Promise<void>[] = [];
-    for (let index = Math.floor(position / bs); index * bs < end; index++) {
+    let pending: Promise<void>[] | undefined;
+    for (let index = first; index <= last; index++) {
       const blockStart = index * bs;
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + bs);
-      const lastBlock = Math.min(Math.ceil(this.size / bs) - 1, index + this.readaheadBlocks);
-      const readahead: number[] = [];
-      for (let next = index + 1; next <= lastBlock; next++) readahead.push(next);
-      pieces.push(
-        this.blockContent(index, readahead).then((data) => {
-          const at = from - position;
-          let copied = 0;
-          if (data && data.length > from - blockStart) copied = data.copy(out, at, from - blockStart, Math.min(to - blockStart, data.length));
-          // A hole, or a block shorter than the range (a tail cut by truncate, then extended), reads as zeros.
-          if (copied < to - from) out.fill(0, at + copied, at + (to - from));
-        }),
-      );
+      const place = (data: Buffer | null | undefined): void => {
+        const at = from - position;
+        let copied = 0;
+        if (data && data.length > from - blockStart) copied = data.copy(out, at, from - blockStart, Math.min(to - blockStart, data.length));
+        // A hole, or a block shorter than the range (a tail cut by truncate, then extended), reads as zeros.
+        if (copied < to - from) out.fill(0, at + copied, at + (to - from));
+      };
+      const now = this.blockNow(index);
+      if (now !== undefined) place(now);
+      else (pending ??= []).push(this.blockContent(index).then(place));
     }
-    await Promise.all(pieces);
+    if (pending) await Promise.all(pending);
     return out;
   }
 
-  private async blockContent(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+  private async blockContent(index: number): Promise<Buffer | undefined> {
     const local = this.dirty.get(index) ?? this.committing?.get(index);
     if (local) return local.data();
-    return this.committedBlock(index, readahead);
+    return this.committedBlock(index);
   }
 
   /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
