@@ -7,7 +7,10 @@
 export interface BlockStore {
   /** Short backend name for messages and status ('redis', 'sqlite'). */
   readonly kind: string;
-  /** Store a block. Resolves only once the backend has accepted it. */
+  /**
+   * Store a block. Resolves only once the backend has accepted it, and holds no reference to
+   * `data` after that (the caller reuses the buffer: lib/fs/pool.ts).
+   */
   put(id: string, data: Buffer): Promise<void>;
   /** The block's bytes, or undefined if no such block exists. */
   get(id: string): Promise<Buffer | undefined>;

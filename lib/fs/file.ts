@@ -14,6 +14,7 @@ import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
 import type { Meta } from '../meta/meta';
 import type { DirtyBudget } from './budget';
 import type { BlockCache } from './cache';
+import type { BufferPool } from './pool';
 
 /**
  * The async context this module was loaded in, outside every FUSE request. Commits that a write
@@ -28,14 +29,19 @@ class DirtyBlock {
   /** Bytes of the block that hold file data; past this the block reads as zeros. */
   len: number;
 
-  /** `capacity`: bytes to allocate now; small files start small, streams get a whole block. */
+  /**
+   * `capacity`: bytes to allocate now; small files start small, streams get a whole block (from
+   * the pool: the block cache gives it back when it drops the committed block).
+   */
   constructor(
     base: Buffer,
     capacity: number,
+    private readonly blockSize: number,
     private readonly budget: DirtyBudget,
+    private readonly pool: BufferPool,
   ) {
     // Unzeroed memory is fine: bytes past `len` are never read, and gaps are zeroed in write().
-    this.buf = Buffer.allocUnsafe(Math.max(base.length, capacity));
+    this.buf = this.alloc(Math.max(base.length, capacity));
     budget.add(this.buf.length);
     base.copy(this.buf);
     this.len = base.length;
@@ -46,11 +52,15 @@ class DirtyBlock {
     return this.buf.length;
   }
 
-  write(offset: number, data: Buffer, blockSize: number): void {
+  private alloc(size: number): Buffer {
+    return size === this.blockSize ? this.pool.take(size) : Buffer.allocUnsafe(size);
+  }
+
+  write(offset: number, data: Buffer): void {
     const end = offset + data.length;
     if (end > this.buf.length) {
       // Grow geometrically so appends copy each byte O(1) times on average.
-      const grown = Buffer.allocUnsafe(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
+      const grown = this.alloc(Math.min(this.blockSize, Math.max(end, this.buf.length * 2)));
       this.budget.add(grown.length - this.buf.length);
       this.buf.copy(grown, 0, 0, this.len);
       this.buf = grown;
@@ -71,7 +81,7 @@ class DirtyBlock {
   }
 
   copy(capacity: number): DirtyBlock {
-    return new DirtyBlock(this.data(), capacity, this.budget);
+    return new DirtyBlock(this.data(), capacity, this.blockSize, this.budget, this.pool);
   }
 
   /** The block is committed or superseded: its memory no longer counts as dirty. */
@@ -307,13 +317,13 @@ export class OpenFile {
             // boundary), keeps nothing of its committed content: no need to read it.
             const keepsNothing = whole || validInBlock === 0;
             const base = keepsNothing ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
-            block = new DirtyBlock(base, capacity, this.options.budget);
+            block = new DirtyBlock(base, capacity, bs, this.options.budget, this.cache.pool);
           }
           if (this.dirty.size === 0) this.dirtySince = Date.now();
           if (block.len > validInBlock) block.len = validInBlock;
           this.dirty.set(index, block);
         }
-        block.write(inBlock, data.subarray(offset, offset + n), bs);
+        block.write(inBlock, data.subarray(offset, offset + n));
         offset += n;
       }
       this.size = Math.max(this.size, position + data.length);
