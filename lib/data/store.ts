@@ -15,6 +15,13 @@ export interface BlockStore {
   /** The block's bytes, or undefined if no such block exists. */
   get(id: string): Promise<Buffer | undefined>;
   /**
+   * Optional: `length` bytes of the block from `offset` (fewer at its end), for reads that need
+   * a small part of a large block. Undefined if no such block exists, and may be undefined (or
+   * empty) for a range past the block's end. Stores that transform whole blocks (encryption)
+   * leave it out.
+   */
+  getRange?(id: string, offset: number, length: number): Promise<Buffer | undefined>;
+  /**
    * Optional: the size of a block's data without reading it for the caller (gc measuring blocks
    * it may delete), undefined if no such block exists. Stores that transform blocks (encryption)
    * provide it so that it works without a key and for blocks that would not decrypt.

@@ -23,6 +23,12 @@ import type { BufferPool } from './pool';
  */
 const backgroundScope = new AsyncResource('kvfs.background-commit');
 
+/**
+ * Bytes fetched for a read that is not sequential, when the store can read part of a block (a
+ * 4 KiB random read then costs a GETRANGE of 64 KiB instead of a GET of the whole block).
+ */
+const PIECE = 64 * 1024;
+
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
 class DirtyBlock {
   private buf: Buffer;
@@ -255,7 +261,9 @@ export class OpenFile {
     const bs = this.blockSize;
     const first = Math.floor(position / bs);
     const last = Math.floor((end - 1) / bs);
-    if (position === this.lastReadEnd) {
+    // A read from the start is taken as the start of a sequential pass.
+    const sequential = position === this.lastReadEnd || position === 0;
+    if (sequential) {
       this.readaheadBlocks = Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2));
       const target = Math.min(Math.ceil(this.size / bs) - 1, last + this.readaheadBlocks);
       for (let next = Math.max(this.prefetchedThrough, last) + 1; next <= target; next++) this.prefetch(next);
@@ -265,6 +273,7 @@ export class OpenFile {
       this.prefetchedThrough = last;
     }
     this.lastReadEnd = end;
+    const inPieces = !sequential && bs > PIECE && this.store.getRange !== undefined;
     let pending: Promise<void>[] | undefined;
     for (let index = first; index <= last; index++) {
       const blockStart = index * bs;
@@ -279,10 +288,47 @@ export class OpenFile {
       };
       const now = this.blockNow(index);
       if (now !== undefined) place(now);
+      else if (inPieces) (pending ??= []).push(this.readPieces(index, from - blockStart, to - blockStart, out.subarray(from - position, to - position)));
       else (pending ??= []).push(this.blockContent(index).then(place));
     }
     if (pending) await Promise.all(pending);
     return out;
+  }
+
+  /**
+   * Bytes [lo, hi) of committed block `index` into `out`, from the pieces of the block that hold
+   * them (cached by piece), or from the whole block if it is cached by now.
+   */
+  private async readPieces(index: number, lo: number, hi: number, out: Buffer): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const ref = await this.committedRef(index);
+      const len = ref ? Math.min(ref.len, hi) : 0;
+      const whole = ref && this.cache.peek(ref.id);
+      let pos = lo;
+      if (whole) {
+        if (Math.min(len, whole.length) > lo) pos += whole.copy(out, 0, lo, Math.min(len, whole.length));
+      } else if (ref && len > lo) {
+        const first = Math.floor(lo / PIECE);
+        const pieces: Promise<Buffer | undefined>[] = [];
+        for (let p = first; p * PIECE < len; p++) pieces.push(this.cache.getPiece(this.store, ref.id, p * PIECE, Math.min(PIECE, ref.len - p * PIECE)));
+        const got = await Promise.all(pieces);
+        if (got.some((piece) => !piece)) {
+          // Another mount replaced and deleted this block since we read the map: read the map again.
+          if (attempt > 0) throw new FsError('EIO', `block ${ref.id} of inode ${this.ino} is missing from the block store`);
+          this.chunks.delete(Math.floor(index / CHUNK_BLOCKS));
+          continue;
+        }
+        for (let k = 0; k < got.length && pos < len; k++) {
+          const start = (first + k) * PIECE;
+          const piece = got[k]!;
+          if (pos < start || start + piece.length <= pos) break; // a short piece: the rest reads as zeros
+          pos += piece.copy(out, pos - lo, pos - start, Math.min(len - start, piece.length));
+        }
+      }
+      // A hole, or past the block's valid bytes: zeros.
+      if (pos < hi) out.fill(0, pos - lo, hi - lo);
+      return;
+    }
   }
 
   private async blockContent(index: number): Promise<Buffer | undefined> {
