@@ -151,6 +151,21 @@ test('redis: requests are spread over the connection pool', async (t) => {
   t.true(lines.filter((l) => / cmd=set /.test(l)).length >= 2, lines.join('\n'));
 });
 
+test('redis: getRange reads part of a block; a missing block or a range past its end is undefined', async (t) => {
+  const store = await RedisBlocks.open({ host: '127.0.0.1', port: server.port, prefix: `kvfs-test:${randomUUID()}:b:` });
+  t.teardown(async () => {
+    await wipe(store);
+    await store.close();
+  });
+  const data = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7 + 3) & 0xff));
+  await store.put('r1', data);
+  t.deepEqual(await store.getRange('r1', 0, 4096), data.subarray(0, 4096));
+  t.deepEqual(await store.getRange('r1', 65_536, 65_536), data.subarray(65_536, 131_072));
+  t.deepEqual(await store.getRange('r1', 262_144, 65_536), data.subarray(262_144), 'short at the end');
+  t.is(await store.getRange('r1', 300_000, 10), undefined);
+  t.is(await store.getRange('missing', 0, 4096), undefined);
+});
+
 test('redis: bad block store URLs are UsageErrors', async (t) => {
   for (const url of ['redis://', 'redis://h:0', 'redis://h:99999', 'redis://h:1/x', 'redis://h:1/1/2', 'redis://h:1?db=1', 'mongodb://h', 'nonsense', '']) {
     await t.throwsAsync(openBlockStore(url, 'vol'), { instanceOf: UsageError }, url);

@@ -250,6 +250,13 @@ export class RedisBlocks implements BlockStore {
     return v ?? undefined;
   }
 
+  /** GETRANGE. Redis answers '' both for a missing key and past the end: both are undefined. */
+  async getRange(id: string, offset: number, length: number): Promise<Buffer | undefined> {
+    if (length <= 0) return undefined;
+    const v = await this.exec('get', (r) => r.getrangeBuffer(this.key(id), offset, offset + length - 1));
+    return v && v.length > 0 ? v : undefined;
+  }
+
   async delete(ids: readonly string[]): Promise<void> {
     const batches: string[][] = [];
     for (let i = 0; i < ids.length; i += BATCH) batches.push(ids.slice(i, i + BATCH).map((id) => this.key(id)));

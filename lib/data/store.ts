@@ -7,10 +7,20 @@
 export interface BlockStore {
   /** Short backend name for messages and status ('redis', 'sqlite'). */
   readonly kind: string;
-  /** Store a block. Resolves only once the backend has accepted it. */
+  /**
+   * Store a block. Resolves only once the backend has accepted it, and holds no reference to
+   * `data` after that (the caller reuses the buffer: lib/fs/pool.ts).
+   */
   put(id: string, data: Buffer): Promise<void>;
   /** The block's bytes, or undefined if no such block exists. */
   get(id: string): Promise<Buffer | undefined>;
+  /**
+   * Optional: `length` bytes of the block from `offset` (fewer at its end), for reads that need
+   * a small part of a large block. Undefined if no such block exists, and may be undefined (or
+   * empty) for a range past the block's end. Stores that transform whole blocks (encryption)
+   * leave it out.
+   */
+  getRange?(id: string, offset: number, length: number): Promise<Buffer | undefined>;
   /**
    * Optional: the size of a block's data without reading it for the caller (gc measuring blocks
    * it may delete), undefined if no such block exists. Stores that transform blocks (encryption)

@@ -1,49 +1,86 @@
 // The block cache: immutable blocks by id, bounded in bytes. A block id is never reused for other
 // content, so a cached block can never be stale; only its deletion matters, and a reader that finds
-// a block gone re-reads the block map (lib/fs/file.ts).
+// a block gone re-reads the block map (lib/fs/file.ts). Pieces of blocks (ranges read for random
+// reads) are cached beside whole blocks, under 'ID@OFFSET'; they are as immutable as the block.
 
 import { LRUCache } from 'lru-cache';
 import type { BlockStore } from '../data/store';
+import { BufferPool } from './pool';
 
 export class BlockCache {
-  private readonly lru: LRUCache<number, Buffer>;
+  private readonly lru: LRUCache<number | string, Buffer>;
+  /** Block buffers for dirty blocks; blocks this cache drops go back to it (lib/fs/pool.ts). */
+  readonly pool = new BufferPool();
   /** Fetches in flight, so concurrent readers of one block share one request. */
-  private readonly loading = new Map<number, Promise<Buffer | undefined>>();
+  private readonly loading = new Map<number | string, Promise<Buffer | undefined>>();
 
   constructor(maxBytes: number) {
-    this.lru = new LRUCache<number, Buffer>({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.length) });
+    this.lru = new LRUCache<number | string, Buffer>({
+      maxSize: Math.max(1, maxBytes),
+      sizeCalculation: (b) => Math.max(1, b.length),
+      // Only buffers the pool made are taken back; blocks read from the store are left to the GC.
+      dispose: (b) => this.pool.give(b),
+    });
   }
 
   get(store: BlockStore, id: number): Promise<Buffer | undefined> {
-    const hit = this.lru.get(id);
+    return this.load(id, () => store.get(String(id)));
+  }
+
+  /**
+   * `length` bytes of block `id` from `offset` (fewer at the block's end), undefined when the
+   * block does not exist. Needs store.getRange.
+   */
+  getPiece(store: BlockStore, id: number, offset: number, length: number): Promise<Buffer | undefined> {
+    return this.load(`${id}@${offset}`, async () => {
+      const data = await store.getRange!(String(id), offset, length);
+      if (!data || data.length === 0) return undefined;
+      // A small reply can be a view into a much larger socket buffer: keep only its bytes.
+      return data.buffer.byteLength > 2 * data.length ? Buffer.from(data) : data;
+    });
+  }
+
+  private load(key: number | string, fetch: () => Promise<Buffer | undefined>): Promise<Buffer | undefined> {
+    const hit = this.lru.get(key);
     if (hit) return Promise.resolve(hit);
-    let pending = this.loading.get(id);
+    let pending = this.loading.get(key);
     if (!pending) {
-      pending = store.get(String(id)).then(
+      pending = fetch().then(
         (data) => {
-          this.loading.delete(id);
-          if (data) this.lru.set(id, data);
+          this.loading.delete(key);
+          if (data) this.lru.set(key, data);
           return data;
         },
         (err) => {
-          this.loading.delete(id);
+          this.loading.delete(key);
           throw err;
         },
       );
-      this.loading.set(id, pending);
+      this.loading.set(key, pending);
     }
     return pending;
+  }
+
+  /** The block if it is cached (counts as a use), else undefined; never fetches. */
+  peek(id: number): Buffer | undefined {
+    return this.lru.get(id);
   }
 
   prefetch(store: BlockStore, id: number): void {
     if (!this.lru.has(id)) this.get(store, id).catch(() => undefined);
   }
 
-  /** Adds a block this mount just stored; `copy` when it is a view into a much larger buffer. */
+  /**
+   * Adds a block this mount just stored; the cache then owns `data`'s buffer. `copy` when it is a
+   * view into a much larger buffer: the cache keeps a copy and the buffer goes back to the pool.
+   */
   add(id: number, data: Buffer, copy: boolean): void {
-    this.lru.set(id, copy ? Buffer.from(data) : data);
+    if (!copy) return void this.lru.set(id, data);
+    this.lru.set(id, Buffer.from(data));
+    this.pool.give(data);
   }
 
+  /** Drops a deleted block (its pieces, if any, age out: they can never be read again). */
   remove(id: number): void {
     this.lru.delete(id);
   }

@@ -14,6 +14,7 @@ import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
 import type { Meta } from '../meta/meta';
 import type { DirtyBudget } from './budget';
 import type { BlockCache } from './cache';
+import type { BufferPool } from './pool';
 
 /**
  * The async context this module was loaded in, outside every FUSE request. Commits that a write
@@ -22,20 +23,31 @@ import type { BlockCache } from './cache';
  */
 const backgroundScope = new AsyncResource('kvfs.background-commit');
 
+/**
+ * Bytes fetched for a read that is not sequential, when the store can read part of a block (a
+ * 4 KiB random read then costs a GETRANGE of 64 KiB instead of a GET of the whole block).
+ */
+const PIECE = 64 * 1024;
+
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
 class DirtyBlock {
   private buf: Buffer;
   /** Bytes of the block that hold file data; past this the block reads as zeros. */
   len: number;
 
-  /** `capacity`: bytes to allocate now; small files start small, streams get a whole block. */
+  /**
+   * `capacity`: bytes to allocate now; small files start small, streams get a whole block (from
+   * the pool: the block cache gives it back when it drops the committed block).
+   */
   constructor(
     base: Buffer,
     capacity: number,
+    private readonly blockSize: number,
     private readonly budget: DirtyBudget,
+    private readonly pool: BufferPool,
   ) {
     // Unzeroed memory is fine: bytes past `len` are never read, and gaps are zeroed in write().
-    this.buf = Buffer.allocUnsafe(Math.max(base.length, capacity));
+    this.buf = this.alloc(Math.max(base.length, capacity));
     budget.add(this.buf.length);
     base.copy(this.buf);
     this.len = base.length;
@@ -46,11 +58,15 @@ class DirtyBlock {
     return this.buf.length;
   }
 
-  write(offset: number, data: Buffer, blockSize: number): void {
+  private alloc(size: number): Buffer {
+    return size === this.blockSize ? this.pool.take(size) : Buffer.allocUnsafe(size);
+  }
+
+  write(offset: number, data: Buffer): void {
     const end = offset + data.length;
     if (end > this.buf.length) {
       // Grow geometrically so appends copy each byte O(1) times on average.
-      const grown = Buffer.allocUnsafe(Math.min(blockSize, Math.max(end, this.buf.length * 2)));
+      const grown = this.alloc(Math.min(this.blockSize, Math.max(end, this.buf.length * 2)));
       this.budget.add(grown.length - this.buf.length);
       this.buf.copy(grown, 0, 0, this.len);
       this.buf = grown;
@@ -71,7 +87,7 @@ class DirtyBlock {
   }
 
   copy(capacity: number): DirtyBlock {
-    return new DirtyBlock(this.data(), capacity, this.budget);
+    return new DirtyBlock(this.data(), capacity, this.blockSize, this.budget, this.pool);
   }
 
   /** The block is committed or superseded: its memory no longer counts as dirty. */
@@ -170,6 +186,7 @@ export class OpenFile {
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
     this.chunks.clear();
+    this.prefetchedThrough = -1;
     this.size = attr.size;
   }
 
@@ -187,14 +204,10 @@ export class OpenFile {
   }
 
   /** The committed content of block `index` (its valid bytes only), or undefined for a hole. */
-  private async committedBlock(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+  private async committedBlock(index: number): Promise<Buffer | undefined> {
     for (let attempt = 0; ; attempt++) {
       const ref = await this.committedRef(index);
       if (!ref) return undefined;
-      for (const next of readahead) {
-        // Best effort: start fetching the next blocks of a sequential reader.
-        this.committedRef(next).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
-      }
       const data = await this.cache.get(this.store, ref.id);
       if (data) return data.length > ref.len ? data.subarray(0, ref.len) : data;
       // Another mount replaced and deleted this block since we read the map: read the map again.
@@ -203,9 +216,37 @@ export class OpenFile {
     }
   }
 
+  /**
+   * Block `index` if it can be had without waiting: its valid bytes, null for a hole, undefined
+   * when its block map or its data must be fetched first. Most reads of a streamed file are
+   * answered this way, without a promise per block.
+   */
+  private blockNow(index: number): Buffer | null | undefined {
+    const local = this.dirty.get(index) ?? this.committing?.get(index);
+    if (local) return local.data();
+    const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
+    if (!map) return undefined;
+    const ref = map.get(index % CHUNK_BLOCKS);
+    if (!ref) return null;
+    const data = this.cache.peek(ref.id);
+    if (!data) return undefined;
+    return data.length > ref.len ? data.subarray(0, ref.len) : data;
+  }
+
+  /** Best effort: starts fetching block `index` for a sequential reader. */
+  private prefetch(index: number): void {
+    if (this.dirty.has(index) || this.committing?.has(index)) return;
+    const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
+    const ref = map?.get(index % CHUNK_BLOCKS);
+    if (ref) this.cache.prefetch(this.store, ref.id);
+    else if (!map) this.committedRef(index).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
+  }
+
   private lastReadEnd = -1;
   /** Blocks fetched ahead of a sequential reader; doubles while the reader keeps reading on. */
   private readaheadBlocks = 0;
+  /** The highest block a prefetch was started for, so each block is asked for once per pass. */
+  private prefetchedThrough = -1;
 
   /**
    * Reads up to `length` bytes at `position`. With `into` (the kernel request's reply buffer), the
@@ -218,35 +259,82 @@ export class OpenFile {
     // blocks shorter than the range).
     const out = into && into.length >= end - position ? into.subarray(0, end - position) : Buffer.allocUnsafe(end - position);
     const bs = this.blockSize;
-    const sequential = position === this.lastReadEnd;
+    const first = Math.floor(position / bs);
+    const last = Math.floor((end - 1) / bs);
+    // A read from the start is taken as the start of a sequential pass.
+    const sequential = position === this.lastReadEnd || position === 0;
+    if (sequential) {
+      this.readaheadBlocks = Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2));
+      const target = Math.min(Math.ceil(this.size / bs) - 1, last + this.readaheadBlocks);
+      for (let next = Math.max(this.prefetchedThrough, last) + 1; next <= target; next++) this.prefetch(next);
+      this.prefetchedThrough = Math.max(this.prefetchedThrough, target);
+    } else {
+      this.readaheadBlocks = 0;
+      this.prefetchedThrough = last;
+    }
     this.lastReadEnd = end;
-    this.readaheadBlocks = sequential ? Math.min(this.options.maxReadahead, Math.max(1, this.readaheadBlocks * 2)) : 0;
-    const pieces: Promise<void>[] = [];
-    for (let index = Math.floor(position / bs); index * bs < end; index++) {
+    const inPieces = !sequential && bs > PIECE && this.store.getRange !== undefined;
+    let pending: Promise<void>[] | undefined;
+    for (let index = first; index <= last; index++) {
       const blockStart = index * bs;
       const from = Math.max(position, blockStart);
       const to = Math.min(end, blockStart + bs);
-      const lastBlock = Math.min(Math.ceil(this.size / bs) - 1, index + this.readaheadBlocks);
-      const readahead: number[] = [];
-      for (let next = index + 1; next <= lastBlock; next++) readahead.push(next);
-      pieces.push(
-        this.blockContent(index, readahead).then((data) => {
-          const at = from - position;
-          let copied = 0;
-          if (data && data.length > from - blockStart) copied = data.copy(out, at, from - blockStart, Math.min(to - blockStart, data.length));
-          // A hole, or a block shorter than the range (a tail cut by truncate, then extended), reads as zeros.
-          if (copied < to - from) out.fill(0, at + copied, at + (to - from));
-        }),
-      );
+      const place = (data: Buffer | null | undefined): void => {
+        const at = from - position;
+        let copied = 0;
+        if (data && data.length > from - blockStart) copied = data.copy(out, at, from - blockStart, Math.min(to - blockStart, data.length));
+        // A hole, or a block shorter than the range (a tail cut by truncate, then extended), reads as zeros.
+        if (copied < to - from) out.fill(0, at + copied, at + (to - from));
+      };
+      const now = this.blockNow(index);
+      if (now !== undefined) place(now);
+      else if (inPieces) (pending ??= []).push(this.readPieces(index, from - blockStart, to - blockStart, out.subarray(from - position, to - position)));
+      else (pending ??= []).push(this.blockContent(index).then(place));
     }
-    await Promise.all(pieces);
+    if (pending) await Promise.all(pending);
     return out;
   }
 
-  private async blockContent(index: number, readahead: number[] = []): Promise<Buffer | undefined> {
+  /**
+   * Bytes [lo, hi) of committed block `index` into `out`, from the pieces of the block that hold
+   * them (cached by piece), or from the whole block if it is cached by now.
+   */
+  private async readPieces(index: number, lo: number, hi: number, out: Buffer): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const ref = await this.committedRef(index);
+      const len = ref ? Math.min(ref.len, hi) : 0;
+      const whole = ref && this.cache.peek(ref.id);
+      let pos = lo;
+      if (whole) {
+        if (Math.min(len, whole.length) > lo) pos += whole.copy(out, 0, lo, Math.min(len, whole.length));
+      } else if (ref && len > lo) {
+        const first = Math.floor(lo / PIECE);
+        const pieces: Promise<Buffer | undefined>[] = [];
+        for (let p = first; p * PIECE < len; p++) pieces.push(this.cache.getPiece(this.store, ref.id, p * PIECE, Math.min(PIECE, ref.len - p * PIECE)));
+        const got = await Promise.all(pieces);
+        if (got.some((piece) => !piece)) {
+          // Another mount replaced and deleted this block since we read the map: read the map again.
+          if (attempt > 0) throw new FsError('EIO', `block ${ref.id} of inode ${this.ino} is missing from the block store`);
+          this.chunks.delete(Math.floor(index / CHUNK_BLOCKS));
+          continue;
+        }
+        for (let k = 0; k < got.length && pos < len; k++) {
+          const start = (first + k) * PIECE;
+          const piece = got[k]!;
+          if (pos < start || start + piece.length <= pos) break; // a short piece: the rest reads as zeros
+          pos += piece.copy(out, pos - lo, pos - start, Math.min(len - start, piece.length));
+        }
+      }
+      // A hole, or past the block's valid bytes: zeros.
+      if (pos < hi) out.fill(0, pos - lo, hi - lo);
+      return;
+    }
+  }
+
+  private async blockContent(index: number): Promise<Buffer | undefined> {
     const local = this.dirty.get(index) ?? this.committing?.get(index);
     if (local) return local.data();
-    return this.committedBlock(index, readahead);
+    return this.committedBlock(index);
   }
 
   /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
@@ -275,13 +363,13 @@ export class OpenFile {
             // boundary), keeps nothing of its committed content: no need to read it.
             const keepsNothing = whole || validInBlock === 0;
             const base = keepsNothing ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
-            block = new DirtyBlock(base, capacity, this.options.budget);
+            block = new DirtyBlock(base, capacity, bs, this.options.budget, this.cache.pool);
           }
           if (this.dirty.size === 0) this.dirtySince = Date.now();
           if (block.len > validInBlock) block.len = validInBlock;
           this.dirty.set(index, block);
         }
-        block.write(inBlock, data.subarray(offset, offset + n), bs);
+        block.write(inBlock, data.subarray(offset, offset + n));
         offset += n;
       }
       this.size = Math.max(this.size, position + data.length);

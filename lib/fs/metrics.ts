@@ -92,6 +92,7 @@ export class Metrics {
       kind: store.kind,
       put: (id, data) => timed(() => store.put(id, data)),
       get: (id) => timed(() => store.get(id)),
+      ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => timed(() => store.getRange!(id, offset, length)) } : {}),
       delete: (ids) => timed(() => store.delete(ids)),
       list: (onBatch) => store.list(onBatch),
       usage: () => store.usage(),
