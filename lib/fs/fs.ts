@@ -254,8 +254,9 @@ export class Filesystem {
     this.writable();
     const { parentPath, name } = parentAndName(path);
     const parent = await this.resolve(parentPath);
-    const attr = await this.meta.create(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
-    this.attrs.delete(parent);
+    const { attr, dir } = await this.meta.createIn(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
+    // The directory as our commit left it: saves the kernel's next getattr of it a round trip.
+    this.rememberAttr(dir);
     this.rememberEntry(parent, { name, ino: attr.ino, type });
     // A new inode has no extended attributes (saves a read at the kernel's first getxattr).
     if (this.options.attrCacheMs > 0) this.xattrNames.set(attr.ino, { value: new Set(), expires: Date.now() + this.options.attrCacheMs });
@@ -287,8 +288,7 @@ export class Filesystem {
     if (name === '.') throw new FsError('EINVAL');
     const parent = await this.resolve(parentPath);
     this.forgetEntry(parent, name);
-    await this.meta.rmdir(parent, name);
-    this.attrs.delete(parent);
+    this.rememberAttr(await this.meta.rmdir(parent, name));
   }
 
   async unlink(path: string): Promise<void> {
@@ -298,7 +298,8 @@ export class Filesystem {
     const hint = this.entries.get(this.entryKey(parent, name))?.value.ino;
     this.forgetEntry(parent, name);
     const unlinked = await this.meta.unlink(parent, name, hint);
-    this.attrs.delete(parent);
+    if (unlinked.dir) this.rememberAttr(unlinked.dir);
+    else this.attrs.delete(parent);
     this.afterUnlink(unlinked);
   }
 
