@@ -253,8 +253,9 @@ interface Known {
   seen: bigint;
 }
 
-/** Most keys the revision cache holds; the least recently learned go first. */
+/** Most keys, and bytes of keys + values, the revision cache holds; the least recently learned go first. */
 const CACHE_KEYS = 50_000;
+const CACHE_BYTES = 32 * 1024 * 1024;
 /** Values larger than this are not cached. */
 const CACHE_VALUE_BYTES = 64 * 1024;
 
@@ -440,6 +441,7 @@ export class EtcdKv implements KvEngine {
    * (re)starts, as changes may have been missed.
    */
   private readonly cache = new Map<string, Known>();
+  private cacheBytes = 0;
   private readonly watchedPrefixes: string[] = [];
 
   constructor(options: EtcdKvOptions) {
@@ -517,6 +519,19 @@ export class EtcdKv implements KvEngine {
     const kv = res.kvs[0];
     this.learn(key, kv?.value, kv ? kv.mod_revision : '0', res.header.revision);
     return kv?.value;
+  }
+
+  async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>> {
+    if (keys.length > GET_MANY_BATCH) throw new FsError('E2BIG', `etcd getMany: ${keys.length} keys, at most ${GET_MANY_BATCH} in one request`);
+    if (keys.length <= 1) return Promise.all(keys.map((k) => this.get(k)));
+    const res = await this.request('get', (ns, opts) =>
+      ns.kv.txn({ compare: [], success: keys.map((k) => ({ request_range: { key: this.fullKey(k) } })), failure: [] } as Parameters<typeof ns.kv.txn>[0], opts),
+    );
+    return keys.map((k, i) => {
+      const kv = res.responses[i]?.response_range?.kvs[0];
+      this.learn(k, kv?.value, kv ? kv.mod_revision : '0', res.header.revision);
+      return kv?.value;
+    });
   }
 
   async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
@@ -597,15 +612,26 @@ export class EtcdKv implements KvEngine {
     const old = this.cache.get(key);
     if (old) {
       if (old.seen >= at) return;
-      this.cache.delete(key); // re-inserted below: Map order is the eviction order
+      this.forget([key]); // re-inserted below: Map order is the eviction order
     }
     if (value && value.length > CACHE_VALUE_BYTES) return;
     this.cache.set(key, { value, modRevision, seen: at });
-    if (this.cache.size > CACHE_KEYS) this.cache.delete(this.cache.keys().next().value as string);
+    this.cacheBytes += key.length + (value?.length ?? 0);
+    while (this.cache.size > CACHE_KEYS || this.cacheBytes > CACHE_BYTES) this.forget([this.cache.keys().next().value as string]);
   }
 
   private forget(keys: Iterable<string>): void {
-    for (const k of keys) this.cache.delete(k);
+    for (const k of keys) {
+      const known = this.cache.get(k);
+      if (!known) continue;
+      this.cache.delete(k);
+      this.cacheBytes -= k.length + (known.value?.length ?? 0);
+    }
+  }
+
+  private clearCache(): void {
+    this.cache.clear();
+    this.cacheBytes = 0;
   }
 
   private async backoff(attempt: number, cause: unknown): Promise<void> {
@@ -744,7 +770,7 @@ export class EtcdKv implements KvEngine {
         throw etcdError(err, 'etcd watch');
       }
       // Changes made while this prefix was not watched (or the watch was down) never reached the cache.
-      this.cache.clear();
+      this.clearCache();
       // After connecting, an error means etcd cancelled the watch (e.g. its revision was
       // compacted away while disconnected): changes may have been missed. Report and re-watch.
       w.on('error', (err) => {
@@ -770,7 +796,7 @@ export class EtcdKv implements KvEngine {
       this.watchers.delete(unwatch);
       const i = this.watchedPrefixes.indexOf(prefix);
       if (i >= 0) this.watchedPrefixes.splice(i, 1);
-      this.cache.clear();
+      this.clearCache();
       const w = current;
       if (w) await withTimeout(Promise.resolve().then(() => w.cancel()), this.timeoutMs, 'etcd unwatch').catch(() => undefined);
     };

@@ -232,6 +232,30 @@ export class Meta {
     return decodeAttr(ino, value);
   }
 
+  /** Several keys at one revision: one round trip where the engine allows. */
+  private readMany(list: string[]): Promise<Array<Buffer | undefined>> {
+    return this.kv.getMany ? this.kv.getMany(list) : this.kv.txn((tx) => tx.getMany(list));
+  }
+
+  /**
+   * lookup() and the attributes of the inode the name points to. `guess`: the inode the caller
+   * believes it points to; when right (the usual case), both are read in one round trip.
+   */
+  async lookupWithAttr(parent: number, name: string, guess: number): Promise<{ entry: Entry; attr: Attr }> {
+    const [entryValue, attrValue] = await this.readMany([keys.entry(parent, name), keys.attr(guess)]);
+    if (!entryValue) throw new FsError('ENOENT', name);
+    const entry = decodeEntry(name, entryValue);
+    if (entry.ino === guess && attrValue) return { entry, attr: decodeAttr(guess, attrValue) };
+    return { entry, attr: await this.getattr(entry.ino) };
+  }
+
+  /** getattr() and the block map of one chunk, read at one revision in one round trip. */
+  async getattrWithChunk(ino: number, chunk: number): Promise<{ attr: Attr; map: ChunkMap }> {
+    const [attrValue, chunkValue] = await this.readMany([keys.attr(ino), keys.chunk(ino, chunk)]);
+    if (!attrValue) throw new FsError('ENOENT', `inode ${ino}`);
+    return { attr: decodeAttr(ino, attrValue), map: decodeChunk(chunkValue) };
+  }
+
   async lookup(parent: number, name: string): Promise<Entry> {
     const value = await this.kv.get(keys.entry(parent, name));
     if (!value) throw new FsError('ENOENT', name);
