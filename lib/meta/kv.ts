@@ -78,7 +78,7 @@ export interface KvEngine {
   get(key: string): Promise<Buffer | undefined>;
   /**
    * Optional: get() of several keys at one revision, in one round trip (etcd: one Txn request of
-   * range operations). Callers without it read them in a txn (KvTxn.getMany).
+   * range operations). Without it, callers read the keys one by one.
    */
   getMany?(keys: readonly string[]): Promise<Array<Buffer | undefined>>;
   /** Keys under prefix in key order. */

@@ -232,9 +232,12 @@ export class Meta {
     return decodeAttr(ino, value);
   }
 
-  /** Several keys at one revision: one round trip where the engine allows. */
+  /**
+   * Several keys in one round trip (etcd: at one revision). Engines without getMany (SQLite, in
+   * process) read them one by one, as the callers did before: they need no single snapshot.
+   */
   private readMany(list: string[]): Promise<Array<Buffer | undefined>> {
-    return this.kv.getMany ? this.kv.getMany(list) : this.kv.txn((tx) => tx.getMany(list));
+    return this.kv.getMany ? this.kv.getMany(list) : Promise.all(list.map((key) => this.kv.get(key)));
   }
 
   /**
