@@ -211,3 +211,41 @@ test('etcd: a second endpoint is used when the first refuses connections', async
   }
   await root.delete().prefix(kv.prefix);
 });
+
+test('etcd: transactions served from the revision cache never act on a stale value', async (t) => {
+  const { kv, prefix, cleanup } = fresh();
+  t.teardown(cleanup);
+  const other = new EtcdKv({ hosts: [server.endpoint], prefix });
+  t.teardown(() => other.close());
+  // Both engines watch, so both cache what they read and commit.
+  t.teardown(await kv.watch('', () => undefined));
+  t.teardown(await other.watch('', () => undefined));
+  const increment = (e: EtcdKv): Promise<void> =>
+    e.txn(async (tx) => {
+      const v = Number((await tx.get('n'))?.toString() ?? '0');
+      tx.put('n', b(String(v + 1)));
+    });
+  await Promise.all([kv, other].map(async (e) => {
+    for (let i = 0; i < 40; i++) await increment(e);
+  }));
+  t.is((await kv.get('n'))?.toString(), '80');
+
+  // A cache entry made stale on purpose (as if the watch had not delivered a change yet).
+  await kv.txn(async (tx) => tx.put('k', b('new')));
+  const stale = (): void => kv.learn('k', b('old'), '1', 10n ** 15n);
+  stale();
+  t.is(await kv.txn(async (tx) => (await tx.get('k'))?.toString()), 'new', 'a read-only txn reads again');
+  stale();
+  t.is(
+    await kv.txn(async (tx) => {
+      const [v] = await tx.getMany(['k', 'none']);
+      if (v?.toString() === 'old') throw new FsError('EEXIST', 'acted on the stale value');
+      return 'ok';
+    }),
+    'ok',
+    'an error is only thrown on fresh reads',
+  );
+  stale();
+  await kv.txn(async (tx) => tx.put('k2', b(`${(await tx.get('k'))?.toString()}+`)));
+  t.is((await root.get(`${prefix}k2`).string()), 'new+', 'a commit of a stale read fails and runs again');
+});

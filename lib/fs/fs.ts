@@ -6,7 +6,7 @@ import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
 import type { KvSession } from '../meta/kv';
-import { Attr, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeOfMode } from '../meta/schema';
+import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
 import { BlockCache } from './cache';
 import { OpenFile } from './file';
@@ -186,7 +186,24 @@ export class Filesystem {
   // ---- attributes ----------------------------------------------------------------------
 
   async getattr(path: string): Promise<Attr> {
-    return this.attrOf(await this.resolve(path));
+    const parts = splitPath(path);
+    const name = parts.pop();
+    if (name === undefined) return this.attrOf(ROOT_INO);
+    let parent = ROOT_INO;
+    for (const part of parts) parent = (await this.lookup(parent, part)).ino;
+    // An expired entry still names the inode the name most likely points to: read the entry and
+    // that inode's attributes in one round trip instead of two.
+    const stale = this.entries.get(this.entryKey(parent, name));
+    const now = Date.now();
+    if (stale && stale.expires <= now && !((this.attrs.get(stale.value.ino)?.expires ?? 0) > now)) {
+      checkName(name);
+      const { entry, attr } = await this.meta.lookupWithAttr(parent, name, stale.value.ino);
+      this.rememberEntry(parent, entry);
+      this.rememberAttr(attr);
+      const file = this.files.get(entry.ino);
+      return file ? file.overlay(attr) : attr;
+    }
+    return this.attrOf((await this.lookup(parent, name)).ino);
   }
 
   async fgetattr(path: string, fh: number): Promise<Attr> {
@@ -256,8 +273,9 @@ export class Filesystem {
     this.writable();
     const { parentPath, name } = parentAndName(path);
     const parent = await this.resolve(parentPath);
-    const attr = await this.meta.create(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
-    this.attrs.delete(parent);
+    const { attr, dir } = await this.meta.createIn(parent, name, { type, perm, uid: caller.uid, gid: caller.gid, ...extra });
+    // The directory as our commit left it: saves the kernel's next getattr of it a round trip.
+    this.rememberAttr(dir);
     this.rememberEntry(parent, { name, ino: attr.ino, type });
     // A new inode has no extended attributes (saves a read at the kernel's first getxattr).
     if (this.options.attrCacheMs > 0) this.xattrNames.set(attr.ino, { value: new Set(), expires: Date.now() + this.options.attrCacheMs });
@@ -289,8 +307,7 @@ export class Filesystem {
     if (name === '.') throw new FsError('EINVAL');
     const parent = await this.resolve(parentPath);
     this.forgetEntry(parent, name);
-    await this.meta.rmdir(parent, name);
-    this.attrs.delete(parent);
+    this.rememberAttr(await this.meta.rmdir(parent, name));
   }
 
   async unlink(path: string): Promise<void> {
@@ -300,7 +317,8 @@ export class Filesystem {
     const hint = this.entries.get(this.entryKey(parent, name))?.value.ino;
     this.forgetEntry(parent, name);
     const unlinked = await this.meta.unlink(parent, name, hint);
-    this.attrs.delete(parent);
+    if (unlinked.dir) this.rememberAttr(unlinked.dir);
+    else this.attrs.delete(parent);
     this.afterUnlink(unlinked);
   }
 
@@ -466,9 +484,18 @@ export class Filesystem {
 
   /** Opens a handle. `fresh` is an attribute just read or written by this call's own transaction. */
   private async openInode(ino: number, flags: number, fresh?: Attr): Promise<number> {
-    // Close-to-open: every open re-reads the committed attributes.
+    // Close-to-open: every open re-reads the committed attributes, and with them the first block
+    // map chunk (one round trip; a file a handle of this mount already uses keeps its own map).
     this.attrs.delete(ino);
-    const attr = fresh ? this.rememberAttr(fresh) : await this.attrOf(ino);
+    let firstChunk: ChunkMap | undefined;
+    let attr: Attr;
+    if (fresh) attr = this.rememberAttr(fresh);
+    else {
+      const read = await this.meta.getattrWithChunk(ino, 0);
+      firstChunk = read.map;
+      const open = this.files.get(ino);
+      attr = open ? open.overlay(this.rememberAttr(read.attr)) : this.rememberAttr(read.attr);
+    }
     if (attr.type === 'dir') throw new FsError('EISDIR');
     const accessMode = flags & O_ACCMODE;
     if ((accessMode === O_WRONLY || accessMode === O_RDWR || flags & O_TRUNC) && this.options.readOnly) throw new FsError('EROFS');
@@ -482,6 +509,7 @@ export class Filesystem {
         onCommit: (committed) => this.rememberAttr(committed),
       });
       this.files.set(ino, file);
+      if (firstChunk) file.seedChunk(0, firstChunk);
     } else {
       file.revalidate(attr);
     }

@@ -78,6 +78,7 @@ export class Metrics {
       kind: kv.kind,
       txn: <T>(fn: (tx: KvTxn) => Promise<T>) => timed(() => kv.txn(fn)),
       get: (key) => timed(() => kv.get(key)),
+      ...(kv.getMany ? { getMany: (keys: readonly string[]) => timed(() => kv.getMany!(keys)) } : {}),
       scan: (prefix, options) => timed(() => kv.scan(prefix, options)),
       watch: (prefix, onChange) => kv.watch(prefix, onChange),
       openSession: (key, value, ttl) => kv.openSession(key, value, ttl),

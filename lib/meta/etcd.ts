@@ -246,6 +246,19 @@ function staleSession(key: string): FsError {
   return new FsError('ESTALE', `this mount's session (${key}) expired: it was cut off from etcd for too long, and its uncommitted changes are refused so that they cannot overwrite what other mounts did meanwhile`);
 }
 
+/** What the engine last learned of a key: value and mod_revision ('0': absent) as of revision `seen`. */
+interface Known {
+  value: Buffer | undefined;
+  modRevision: string;
+  seen: bigint;
+}
+
+/** Most keys, and bytes of keys + values, the revision cache holds; the least recently learned go first. */
+const CACHE_KEYS = 50_000;
+const CACHE_BYTES = 32 * 1024 * 1024;
+/** Values larger than this are not cached. */
+const CACHE_VALUE_BYTES = 64 * 1024;
+
 /** Internal signal: the snapshot revision of this attempt is gone; run the function again. */
 class RetryTxn extends Error {}
 
@@ -259,8 +272,14 @@ class EtcdTxn implements KvTxn {
   doomed = false;
   private revision: string | undefined;
   private firstRead: Promise<unknown> | undefined;
+  /** Keys whose read was served from the engine's cache (see EtcdKv.known). */
+  readonly cached: string[] = [];
 
-  constructor(private readonly kv: EtcdKv) {}
+  /** `useCache`: whether reads may be served from what the engine already knows. */
+  constructor(
+    private readonly kv: EtcdKv,
+    private readonly useCache: boolean,
+  ) {}
 
   private checkOpen(): void {
     if (this.finished) throw new FsError('EINVAL', 'transaction used after it finished (missing await?)');
@@ -288,26 +307,42 @@ class EtcdTxn implements KvTxn {
     }
   }
 
+  /** Serves a read from what the engine already knows of the key, when this attempt may. */
+  private fromCache(key: string): boolean {
+    if (!this.useCache) return false;
+    const known = this.kv.known(key);
+    if (!known) return false;
+    this.reads.set(key, { value: known.value, modRevision: known.modRevision });
+    this.cached.push(key);
+    return true;
+  }
+
+  /** Records a read made at this txn's snapshot, and tells the engine's cache about it. */
+  private learn(key: string, kv: IKeyValue | undefined): void {
+    const entry = { value: kv ? kv.value : undefined, modRevision: kv ? kv.mod_revision : '0' };
+    if (!this.reads.has(key)) this.reads.set(key, entry);
+    if (this.revision !== undefined) this.kv.learn(key, entry.value, entry.modRevision, this.revision);
+  }
+
   async get(key: string): Promise<Buffer | undefined> {
     this.checkOpen();
     if (this.writes.has(key)) return this.writes.get(key);
     const seen = this.reads.get(key);
     if (seen) return seen.value;
+    if (this.fromCache(key)) return this.reads.get(key)!.value;
     const res = await this.range((rev) => this.kv.request('get', (ns, opts) => {
       const b = ns.get(key).options(opts);
       if (rev !== undefined) b.revision(rev);
       return b.exec();
     }));
-    const kv = res.kvs[0];
-    const entry = { value: kv ? kv.value : undefined, modRevision: kv ? kv.mod_revision : '0' };
-    if (!this.reads.has(key)) this.reads.set(key, entry);
+    this.learn(key, res.kvs[0]);
     if (this.writes.has(key)) return this.writes.get(key);
     return this.reads.get(key)!.value;
   }
 
   async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>> {
     this.checkOpen();
-    const wanted = [...new Set(keys)].filter((k) => !this.writes.has(k) && !this.reads.has(k));
+    const wanted = [...new Set(keys)].filter((k) => !this.writes.has(k) && !this.reads.has(k) && !this.fromCache(k));
     // Batches stay far below etcd's --max-txn-ops, which also bounds read-only txns.
     for (let from = 0; from < wanted.length; from += GET_MANY_BATCH) {
       const missing = wanted.slice(from, from + GET_MANY_BATCH);
@@ -329,10 +364,7 @@ class EtcdTxn implements KvTxn {
           ),
         ),
       );
-      missing.forEach((k, i) => {
-        const kv = res.responses[i]?.response_range?.kvs[0];
-        if (!this.reads.has(k)) this.reads.set(k, { value: kv ? kv.value : undefined, modRevision: kv ? kv.mod_revision : '0' });
-      });
+      missing.forEach((k, i) => this.learn(k, res.responses[i]?.response_range?.kvs[0]));
     }
     return keys.map((k) => (this.writes.has(k) ? this.writes.get(k) : this.reads.get(k)?.value));
   }
@@ -397,6 +429,20 @@ export class EtcdKv implements KvEngine {
   private readonly gate: StallGate;
   /** The open session every commit is fenced on: its key must still have this create revision. */
   private fence: { key: string; createRevision: string; lost: boolean } | undefined;
+  /**
+   * The revision cache: the value and mod_revision of keys this engine read or committed, kept
+   * current by its watches. A transaction reads a key from here instead of asking etcd; that is
+   * safe without any coherence because the commit compares the key's mod_revision, so a stale
+   * entry only makes the commit fail, and the function then runs again with fresh reads. An
+   * attempt that used the cache and ends without committing (it threw, or wrote nothing) is run
+   * again with fresh reads too, so what a transaction returns or throws is never based on a
+   * stale value. Keys are cached only under a prefix being watched (otherwise other mounts'
+   * changes would make every first attempt fail), and the cache is emptied when a watch
+   * (re)starts, as changes may have been missed.
+   */
+  private readonly cache = new Map<string, Known>();
+  private cacheBytes = 0;
+  private readonly watchedPrefixes: string[] = [];
 
   constructor(options: EtcdKvOptions) {
     if (!options.hosts || options.hosts.length === 0) throw new TypeError('EtcdKv: at least one host is required');
@@ -470,7 +516,22 @@ export class EtcdKv implements KvEngine {
 
   async get(key: string): Promise<Buffer | undefined> {
     const res = await this.request('get', (ns, opts) => ns.get(key).options(opts).exec());
-    return res.kvs[0]?.value;
+    const kv = res.kvs[0];
+    this.learn(key, kv?.value, kv ? kv.mod_revision : '0', res.header.revision);
+    return kv?.value;
+  }
+
+  async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined>> {
+    if (keys.length > GET_MANY_BATCH) throw new FsError('E2BIG', `etcd getMany: ${keys.length} keys, at most ${GET_MANY_BATCH} in one request`);
+    if (keys.length <= 1) return Promise.all(keys.map((k) => this.get(k)));
+    const res = await this.request('get', (ns, opts) =>
+      ns.kv.txn({ compare: [], success: keys.map((k) => ({ request_range: { key: this.fullKey(k) } })), failure: [] } as Parameters<typeof ns.kv.txn>[0], opts),
+    );
+    return keys.map((k, i) => {
+      const kv = res.responses[i]?.response_range?.kvs[0];
+      this.learn(k, kv?.value, kv ? kv.mod_revision : '0', res.header.revision);
+      return kv?.value;
+    });
   }
 
   async scan(prefix: string, options?: ScanOptions): Promise<KvPair[]> {
@@ -496,15 +557,22 @@ export class EtcdKv implements KvEngine {
     // A transaction is fenced on the session open when it starts: if that session is lost while
     // it runs, it must fail, even if a new session has been opened by the time it commits.
     const fence = this.fence;
+    let useCache = true;
     for (let attempt = 1; ; attempt++) {
-      const tx = new EtcdTxn(this);
+      const tx = new EtcdTxn(this, useCache);
       let result: T;
       try {
         result = await this.inTxn.run(this, () => fn(tx));
       } catch (err) {
         tx.finished = true;
-        if (!tx.doomed) throw err;
-        await this.backoff(attempt, err);
+        if (tx.doomed) {
+          await this.backoff(attempt, err);
+          continue;
+        }
+        // The error may come from a stale cached value: only an attempt with fresh reads decides.
+        if (tx.cached.length === 0) throw err;
+        this.forget(tx.cached);
+        useCache = false;
         continue;
       }
       tx.finished = true;
@@ -512,10 +580,58 @@ export class EtcdKv implements KvEngine {
         await this.backoff(attempt, undefined);
         continue;
       }
-      if (tx.writes.size === 0) return result;
+      if (tx.writes.size === 0) {
+        // Nothing was committed, so nothing compared the cached reads: read them again.
+        if (tx.cached.length === 0) return result;
+        useCache = false;
+        continue;
+      }
       if (await this.commit(tx, fence)) return result;
+      // A conflict of an attempt that read from the cache is most likely a stale entry rather
+      // than a concurrent writer: run again at once, reading from etcd.
+      if (tx.cached.length > 0 && useCache) {
+        useCache = false;
+        continue;
+      }
       await this.backoff(attempt, undefined);
     }
+  }
+
+  /** @internal What the revision cache knows of a key (for EtcdTxn reads). */
+  known(key: string): Known | undefined {
+    return this.cache.get(key);
+  }
+
+  /**
+   * @internal Tells the revision cache the state of a key as of revision `seen` (a read at that
+   * revision, a commit, a watch event). Older news than what it has is ignored.
+   */
+  learn(key: string, value: Buffer | undefined, modRevision: string, seen: string | bigint): void {
+    if (!this.watchedPrefixes.some((p) => key.startsWith(p))) return;
+    const at = BigInt(seen);
+    const old = this.cache.get(key);
+    if (old) {
+      if (old.seen >= at) return;
+      this.forget([key]); // re-inserted below: Map order is the eviction order
+    }
+    if (value && value.length > CACHE_VALUE_BYTES) return;
+    this.cache.set(key, { value, modRevision, seen: at });
+    this.cacheBytes += key.length + (value?.length ?? 0);
+    while (this.cache.size > CACHE_KEYS || this.cacheBytes > CACHE_BYTES) this.forget([this.cache.keys().next().value as string]);
+  }
+
+  private forget(keys: Iterable<string>): void {
+    for (const k of keys) {
+      const known = this.cache.get(k);
+      if (!known) continue;
+      this.cache.delete(k);
+      this.cacheBytes -= k.length + (known.value?.length ?? 0);
+    }
+  }
+
+  private clearCache(): void {
+    this.cache.clear();
+    this.cacheBytes = 0;
   }
 
   private async backoff(attempt: number, cause: unknown): Promise<void> {
@@ -556,12 +672,27 @@ export class EtcdKv implements KvEngine {
     const success: IRequestOp[] = [...tx.writes].map(([k, v]) =>
       v === undefined ? { request_delete_range: { key: full(k) } } : { request_put: { key: full(k), value: v } },
     );
-    const res = await this.request('commit', (ns, opts) => ns.kv.txn({ compare, success, failure: [] } as Parameters<typeof ns.kv.txn>[0], opts));
-    if (!res.succeeded && fence && !(await this.get(fence.key).then((v) => v !== undefined))) {
-      fence.lost = true;
-      throw staleSession(fence.key);
+    let res;
+    try {
+      res = await this.request('commit', (ns, opts) => ns.kv.txn({ compare, success, failure: [] } as Parameters<typeof ns.kv.txn>[0], opts));
+    } catch (err) {
+      // A commit that timed out may or may not have been applied.
+      this.forget(tx.writes.keys());
+      throw err;
     }
-    return res.succeeded;
+    if (!res.succeeded) {
+      // Some key read changed since: do not serve what this attempt read again.
+      this.forget(tx.reads.keys());
+      if (fence && !(await this.get(fence.key).then((v) => v !== undefined))) {
+        fence.lost = true;
+        throw staleSession(fence.key);
+      }
+      return false;
+    }
+    // Every key the commit wrote now has the commit's revision as its mod_revision.
+    const rev = res.header.revision;
+    for (const [k, v] of tx.writes) this.learn(k, v, v === undefined ? '0' : rev, rev);
+    return true;
   }
 
   async openSession(key: string, value: Buffer, ttlSeconds: number): Promise<KvSession> {
@@ -618,8 +749,16 @@ export class EtcdKv implements KvEngine {
     const start = async (): Promise<Watcher> => {
       const w = this.ns.watch().prefix(prefix).watcher();
       w.on('error', () => undefined); // never an unhandled 'error' event, whatever the phase
-      w.on('put', (kv) => deliver({ key: kv.key.toString('utf8'), value: kv.value }));
-      w.on('delete', (kv) => deliver({ key: kv.key.toString('utf8'), value: undefined }));
+      w.on('put', (kv) => {
+        const key = kv.key.toString('utf8');
+        this.learn(key, kv.value, kv.mod_revision, kv.mod_revision);
+        deliver({ key, value: kv.value });
+      });
+      w.on('delete', (kv) => {
+        const key = kv.key.toString('utf8');
+        this.learn(key, undefined, '0', kv.mod_revision);
+        deliver({ key, value: undefined });
+      });
       const connected = new Promise<void>((resolve, reject) => {
         w.once('connected', () => resolve());
         w.once('error', reject);
@@ -630,6 +769,8 @@ export class EtcdKv implements KvEngine {
         cancelQuietly(w);
         throw etcdError(err, 'etcd watch');
       }
+      // Changes made while this prefix was not watched (or the watch was down) never reached the cache.
+      this.clearCache();
       // After connecting, an error means etcd cancelled the watch (e.g. its revision was
       // compacted away while disconnected): changes may have been missed. Report and re-watch.
       w.on('error', (err) => {
@@ -648,10 +789,14 @@ export class EtcdKv implements KvEngine {
       return w;
     };
     current = await start();
+    this.watchedPrefixes.push(prefix);
     const unwatch = async (): Promise<void> => {
       if (stopped) return;
       stopped = true;
       this.watchers.delete(unwatch);
+      const i = this.watchedPrefixes.indexOf(prefix);
+      if (i >= 0) this.watchedPrefixes.splice(i, 1);
+      this.clearCache();
       const w = current;
       if (w) await withTimeout(Promise.resolve().then(() => w.cancel()), this.timeoutMs, 'etcd unwatch').catch(() => undefined);
     };

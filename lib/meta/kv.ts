@@ -76,6 +76,11 @@ export interface KvEngine {
   txn<T>(fn: (tx: KvTxn) => Promise<T>): Promise<T>;
   /** A single consistent read outside a transaction. */
   get(key: string): Promise<Buffer | undefined>;
+  /**
+   * Optional: get() of several keys at one revision, in one round trip (etcd: one Txn request of
+   * range operations). Without it, callers read the keys one by one.
+   */
+  getMany?(keys: readonly string[]): Promise<Array<Buffer | undefined>>;
   /** Keys under prefix in key order. */
   scan(prefix: string, options?: ScanOptions): Promise<KvPair[]>;
   /**

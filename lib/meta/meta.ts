@@ -68,6 +68,8 @@ export interface Unlinked {
   attr: Attr;
   /** True when nlink reached 0: the inode is now an orphan, to be destroyed once no handle needs it. */
   orphaned: boolean;
+  /** unlink(): the directory's attributes as the same commit left them. */
+  dir?: Attr;
 }
 
 /** What a mount says about itself in `session/{id}`. */
@@ -230,6 +232,33 @@ export class Meta {
     return decodeAttr(ino, value);
   }
 
+  /**
+   * Several keys in one round trip (etcd: at one revision). Engines without getMany (SQLite, in
+   * process) read them one by one, as the callers did before: they need no single snapshot.
+   */
+  private readMany(list: string[]): Promise<Array<Buffer | undefined>> {
+    return this.kv.getMany ? this.kv.getMany(list) : Promise.all(list.map((key) => this.kv.get(key)));
+  }
+
+  /**
+   * lookup() and the attributes of the inode the name points to. `guess`: the inode the caller
+   * believes it points to; when right (the usual case), both are read in one round trip.
+   */
+  async lookupWithAttr(parent: number, name: string, guess: number): Promise<{ entry: Entry; attr: Attr }> {
+    const [entryValue, attrValue] = await this.readMany([keys.entry(parent, name), keys.attr(guess)]);
+    if (!entryValue) throw new FsError('ENOENT', name);
+    const entry = decodeEntry(name, entryValue);
+    if (entry.ino === guess && attrValue) return { entry, attr: decodeAttr(guess, attrValue) };
+    return { entry, attr: await this.getattr(entry.ino) };
+  }
+
+  /** getattr() and the block map of one chunk, read at one revision in one round trip. */
+  async getattrWithChunk(ino: number, chunk: number): Promise<{ attr: Attr; map: ChunkMap }> {
+    const [attrValue, chunkValue] = await this.readMany([keys.attr(ino), keys.chunk(ino, chunk)]);
+    if (!attrValue) throw new FsError('ENOENT', `inode ${ino}`);
+    return { attr: decodeAttr(ino, attrValue), map: decodeChunk(chunkValue) };
+  }
+
   async lookup(parent: number, name: string): Promise<Entry> {
     const value = await this.kv.get(keys.entry(parent, name));
     if (!value) throw new FsError('ENOENT', name);
@@ -304,6 +333,11 @@ export class Meta {
 
   /** Creates a file, directory, symlink or special file. EEXIST if the name is taken. */
   async create(parent: number, name: string, node: NewNode): Promise<Attr> {
+    return (await this.createIn(parent, name, node)).attr;
+  }
+
+  /** create(), also returning the directory's attributes as the same commit left them. */
+  async createIn(parent: number, name: string, node: NewNode): Promise<{ attr: Attr; dir: Attr }> {
     const [ino] = await this.inodes.take();
     return this.kv.txn(async (tx) => {
       await tx.getMany([keys.attr(parent), keys.entry(parent, name)]);
@@ -335,8 +369,11 @@ export class Meta {
       tx.put(keys.attr(ino), encodeAttr(attr));
       tx.put(keys.entry(parent, name), encodeEntry(ino, node.type));
       if (node.type === 'symlink') tx.put(keys.symlink(ino), Buffer.from(node.target ?? ''));
+      // A new inode has no block map. Saying so in the commit (a no-op delete) lets an engine with
+      // a revision cache (etcd) answer the first commitBlocks' read of chunk 0 without a request.
+      if (node.type === 'file') tx.delete(keys.chunk(ino, 0));
       this.touchDir(tx, dir, now, node.type === 'dir' ? 1 : 0);
-      return attr;
+      return { attr, dir };
     });
   }
 
@@ -386,7 +423,7 @@ export class Meta {
       const now = nowNs();
       tx.delete(keys.entry(parent, name));
       this.touchDir(tx, dir, now);
-      return this.dropLink(tx, attr, now);
+      return { ...this.dropLink(tx, attr, now), dir };
     });
   }
 
@@ -402,8 +439,9 @@ export class Meta {
     for (const { key } of await tx.scan(keys.xattrs(ino))) tx.delete(key);
   }
 
-  async rmdir(parent: number, name: string): Promise<void> {
-    await this.kv.txn(async (tx) => {
+  /** Removes an empty directory; returns the parent's attributes as the same commit left them. */
+  async rmdir(parent: number, name: string): Promise<Attr> {
+    return this.kv.txn(async (tx) => {
       await tx.getMany([keys.attr(parent), keys.entry(parent, name)]);
       const dir = await this.parentDir(tx, parent);
       const entry = await this.entryIn(tx, parent, name);
@@ -414,6 +452,7 @@ export class Meta {
       await this.deleteDirKeys(tx, entry.ino);
       tx.delete(keys.entry(parent, name));
       this.touchDir(tx, dir, nowNs(), -1);
+      return dir;
     });
   }
 
