@@ -31,7 +31,6 @@
 // delivered asynchronously after the commit, in commit order.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { FsError, type ErrnoName } from '../errors';
@@ -124,6 +123,19 @@ export function openExclusiveSqlite(file: string, options: OpenSqliteOptions): D
     }
     throw sqliteError(err, what);
   }
+}
+
+/** fdatasync (fsync for a directory) in the thread pool; closes the descriptor after when asked. */
+function fsyncAsync(fd: number, closeAfter: boolean): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (err: NodeJS.ErrnoException | null): void => {
+      if (closeAfter) fs.closeSync(fd);
+      if (err) reject(err);
+      else resolve();
+    };
+    if (closeAfter) fs.fsync(fd, done);
+    else fs.fdatasync(fd, done);
+  });
 }
 
 /** fsync of a file (and of its directory) if it exists; FsError EIO when that fails. */
@@ -253,8 +265,12 @@ export class SqliteKv implements KvEngine {
   private synced = 0;
   /** The fsync in flight, which later sync() callers wait for before starting their own. */
   private syncing: Promise<void> | undefined;
-  /** The directory entry of the WAL has been fsynced (once per connection: the WAL lives until close). */
-  private walEntrySynced = false;
+  /**
+   * The WAL, opened at the first sync and kept open (one trip to the thread pool per sync instead
+   * of three). SQLite keeps the same WAL file until the connection closes: checkpoints rewind or
+   * truncate it, never replace it. Its directory entry is fsynced when it is opened.
+   */
+  private walFd: number | undefined;
   /** Queue of transactions (and outside reads waiting for one): true while one runs. */
   private busy = false;
   private readonly waiters: Array<() => void> = [];
@@ -431,25 +447,20 @@ export class SqliteKv implements KvEngine {
   private async syncWal(): Promise<void> {
     const upTo = this.commits;
     try {
-      const fh = await fsp.open(this.walFile, 'r');
-      try {
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      if (!this.walEntrySynced) {
-        // SQLite fsyncs the directory at its first sync of a new WAL; we do it at ours.
-        const dir = await fsp.open(path.dirname(this.walFile), 'r');
+      if (this.walFd === undefined) {
+        const fd = fs.openSync(this.walFile, 'r');
         try {
-          await dir.sync();
-        } finally {
-          await dir.close();
+          // SQLite fsyncs the directory at its first sync of a new WAL; we do it at ours.
+          await fsyncAsync(fs.openSync(path.dirname(this.walFile), 'r'), true);
+        } catch (err) {
+          fs.closeSync(fd);
+          throw err;
         }
-        this.walEntrySynced = true;
+        this.walFd = fd;
       }
+      await fsyncAsync(this.walFd, false);
     } catch (err) {
-      // No WAL: nothing was written since it was checkpointed (and synced) away.
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FsError('EIO', `sqlite sync ${this.walFile}: ${(err as Error).message}`, { cause: err });
+      throw new FsError('EIO', `sqlite sync ${this.walFile}: ${(err as Error).message}`, { cause: err });
     }
     this.synced = Math.max(this.synced, upTo);
   }
@@ -501,6 +512,8 @@ export class SqliteKv implements KvEngine {
     if (this.closed) return;
     await this.acquire('close').catch(() => undefined); // let a running txn finish
     this.closed = true;
+    if (this.walFd !== undefined) fs.closeSync(this.walFd);
+    this.walFd = undefined;
     for (const l of this.listeners) l.stopped = true;
     this.listeners.clear();
     this.db.close();
