@@ -126,6 +126,23 @@ test('sqlite: committed txns and stored blocks survive kill -9', async (t) => {
   t.deepEqual(await blocks.usage(), { blocks: 50, bytes: 500000 });
 });
 
+test('sqlite: sync() makes the commits so far durable; concurrent callers share fsyncs', async (t) => {
+  const { dir, remove } = tempDir();
+  t.teardown(remove);
+  const kv = new SqliteKv({ dir });
+  await kv.sync(); // nothing committed yet: resolves at once
+  const commits = Array.from({ length: 20 }, (_, i) => kv.txn(async (tx) => tx.put(`k${i}`, b(String(i)))).then(() => kv.sync()));
+  await Promise.all(commits);
+  t.true(fs.existsSync(path.join(dir, 'meta.db-wal')));
+  t.is((await kv.scan('k')).length, 20);
+  await kv.close();
+  await t.throwsAsync(kv.sync(), { instanceOf: FsError, code: 'EIO' });
+  // What it synced is still there after a reopen.
+  const again = new SqliteKv({ dir });
+  t.teardown(() => again.close());
+  t.is((await again.get('k19'))?.toString(), '19');
+});
+
 test('sqlite: create: false refuses a missing volume and creates nothing', async (t) => {
   const { dir, remove } = tempDir();
   t.teardown(remove);
@@ -155,6 +172,8 @@ test('sqlite: openKv and openBlockStore with file:// URLs', async (t) => {
   t.is(volume, 'myvol');
   t.is(describe, `file://${volDir}`);
   t.is(kv.kind, 'sqlite');
+  // A volume directory that has a blocks.db keeps it (new ones get the file store: backends-files).
+  await new SqliteBlocks({ dir: volDir, volumeUuid: 'some-uuid' }).close();
   const store = await openBlockStore(`file://${volDir}`, 'some-uuid');
   t.teardown(() => store.close());
   t.is(store.kind, 'sqlite');

@@ -1,13 +1,15 @@
 // Block stores by URL scheme:
 //   redis://[USER[:PASSWORD]@]HOST[:PORT][/DB]    keys 'kvfs:VOLUME_UUID:b:' + block id
 //   rediss://[USER[:PASSWORD]@]HOST[:PORT][/DB]   the same over TLS
-//   file:///ABSOLUTE/DIR                          embedded SQLite, DIR/blocks.db
+//   file:///ABSOLUTE/DIR                          embedded: one file per block under DIR/blocks/
+//                                                 (lib/data/files.ts), or DIR/blocks.db where a
+//                                                 volume made before has one (lib/data/sqlite.ts)
 // Backends are loaded on first use.
 //
 // Secrets: a password may come in the URL or, better, beside it (BackendSecurity.password, which
 // the CLI reads from the environment or a file). Parsed URLs keep it out of `describe`, and every
 // message shows URLs through redactUrl()/stripPassword().
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FsError, UsageError } from '../errors';
@@ -270,8 +272,13 @@ export async function openBlockStore(url: string, volumeUuid: string, options: O
     }
     return store;
   }
-  const { SqliteBlocks } = await import('./sqlite');
-  return new SqliteBlocks({ dir: parsed.dir, volumeUuid, create: options.create });
+  // Embedded: the store on disk decides; a new volume gets the file store (faster: lib/data/files.ts).
+  if (existsSync(path.join(parsed.dir, 'blocks.db'))) {
+    const { SqliteBlocks } = await import('./sqlite');
+    return new SqliteBlocks({ dir: parsed.dir, volumeUuid, create: options.create });
+  }
+  const { FileBlocks } = await import('./files');
+  return new FileBlocks({ dir: parsed.dir, volumeUuid, create: options.create });
 }
 
 function reason(err: unknown, parsed: Extract<BlockUrl, { scheme: 'redis' }>, security: BackendSecurity | undefined): string {

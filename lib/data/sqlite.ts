@@ -1,5 +1,7 @@
 // BlockStore embedded in the daemon: one SQLite database of blocks, DIR/blocks.db, for
-// single-host use (lib/meta/sqlite.ts keeps the metadata in DIR/meta.db).
+// single-host use (lib/meta/sqlite.ts keeps the metadata in DIR/meta.db). New volumes get the
+// one-file-per-block store instead (lib/data/files.ts: puts off the event loop, several at once);
+// this one stays for volumes that have a blocks.db (lib/data/index.ts decides by what is on disk).
 //
 // Why a separate file with 64 KiB pages, a rowid table and synchronous=FULL (measured on the
 // project's build machine with better-sqlite3 12, WAL, one put per transaction): with 64 KiB

@@ -634,6 +634,13 @@ export class Filesystem {
 
   async fsync(fh: number): Promise<void> {
     await this.handle(fh).file.flush();
+    // An engine whose commits are not durable by themselves (embedded SQLite) syncs them now.
+    await this.meta.kv.sync?.();
+  }
+
+  /** fsync of a directory: namespace changes are committed when they return; make them durable. */
+  async fsyncdir(): Promise<void> {
+    await this.meta.kv.sync?.();
   }
 
   async release(fh: number): Promise<void> {

@@ -82,6 +82,7 @@ export class Metrics {
       scan: (prefix, options) => timed(() => kv.scan(prefix, options)),
       watch: (prefix, onChange) => kv.watch(prefix, onChange),
       openSession: (key, value, ttl) => kv.openSession(key, value, ttl),
+      ...(kv.sync ? { sync: () => timed(() => kv.sync!()) } : {}),
       close: () => kv.close(),
     };
   }

@@ -144,6 +144,7 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
     if (meta.settings.encryption) {
       store = new EncryptedBlocks(store, { volumeUuid: meta.settings.uuid, key, describe, onAuthFailure: options.onAuthFailure });
     }
+    if (opened.kv.sync) store = deleteAfterSync(store, () => opened.kv.sync!());
     const usable = options.metrics ? options.metrics.wrapStore(store) : store;
     return {
       meta,
@@ -157,6 +158,28 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
     await closeQuietly(kv, store);
     throw err;
   }
+}
+
+/**
+ * A block is deleted only after the commit that dropped it is durable: with an engine whose
+ * commits reach the disk later (KvEngine.sync), a power loss could otherwise bring back a block
+ * map naming a block that is gone. One sync covers all deletes waiting at the time.
+ */
+function deleteAfterSync(store: BlockStore, sync: () => Promise<void>): BlockStore {
+  return {
+    kind: store.kind,
+    put: (id, data) => store.put(id, data),
+    get: (id) => store.get(id),
+    ...(store.size ? { size: (id: string) => store.size!(id) } : {}),
+    delete: async (ids) => {
+      await sync();
+      await store.delete(ids);
+    },
+    list: (onBatch) => store.list(onBatch),
+    usage: () => store.usage(),
+    durabilityWarning: () => store.durabilityWarning(),
+    close: () => store.close(),
+  };
 }
 
 function newSettings(name: string, dataUrl: string, blockSize: number): VolumeSettings {

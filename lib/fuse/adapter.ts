@@ -156,7 +156,7 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     readdir: (path, cb) => answer('readdir', () => fs.readdir(path), (code, names) => cb(code, names)),
     opendir: (path, _flags, cb) => answer('opendir', () => fs.getattr(path), (code) => cb(code, 0)),
     releasedir: (_path, _fh, cb) => cb(0),
-    fsyncdir: (_path, _datasync, _fh, cb) => cb(0), // namespace changes are committed when they return
+    fsyncdir: (_path, _datasync, _fh, cb) => answer('fsyncdir', () => fs.fsyncdir(), done(cb)),
     mkdir: (path, mode, cb) => {
       const caller = context();
       answer('mkdir', () => fs.mkdir(path, mode, caller), done(cb));

@@ -94,5 +94,12 @@ export interface KvEngine {
    * serves one process, so its sessions never expire and fencing is a no-op.
    */
   openSession(key: string, value: Buffer, ttlSeconds: number): Promise<KvSession>;
+  /**
+   * Makes every transaction that resolved before this call durable against power loss (and an OS
+   * crash). Only engines whose commits are not durable by themselves have it (embedded SQLite:
+   * a commit survives kill -9 at once, power loss after sync()); without it, every resolved
+   * commit is durable. kvfs calls it for fsync and before deleting blocks a commit dropped.
+   */
+  sync?(): Promise<void>;
   close(): Promise<void>;
 }

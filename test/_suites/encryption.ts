@@ -3,8 +3,8 @@
 // swapped block reads as EIO, and a mount without the key, with a wrong key or with a key for a
 // volume in clear fails at once (exit 1, one line, nothing mounted, no process left).
 //
-// The stored blocks are read and changed with the backend's own client (ioredis on Redis,
-// better-sqlite3 on blocks.db), always while the volume is unmounted: an embedded store is locked
+// The stored blocks are read and changed with the backend's own client (ioredis on Redis; the
+// block files of the embedded store, or better-sqlite3 on a blocks.db), always while the volume is unmounted: an embedded store is locked
 // by its daemon, and a daemon that wrote a block keeps it in its cache.
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -29,6 +29,7 @@ import {
   type Volume,
 } from '../_helpers/mount';
 import { codeOf, pread, sha256 } from '../_helpers/ops';
+import { blockFile } from '../../lib/data/files';
 
 type T = ExecutionContext;
 
@@ -69,7 +70,23 @@ async function rawBlocks(servers: Servers, metaUrl: string, uuid: string): Promi
       close: async () => void redis.disconnect(),
     };
   }
-  const db = new Database(path.join(new URL(metaUrl).pathname, 'blocks.db'));
+  const volDir = new URL(metaUrl).pathname;
+  if (!fs.existsSync(path.join(volDir, 'blocks.db'))) {
+    // The file store: DIR/blocks/XX/ID.
+    const root = path.join(volDir, 'blocks');
+    return {
+      ids: async () =>
+        fs
+          .readdirSync(root)
+          .filter((d) => /^[0-9a-f]{2}$/.test(d))
+          .flatMap((d) => fs.readdirSync(path.join(root, d)))
+          .sort((a, b) => Number(a) - Number(b)),
+      get: async (id) => fs.readFileSync(blockFile(volDir, id)),
+      set: async (id, value) => fs.writeFileSync(blockFile(volDir, id), value),
+      close: async () => undefined,
+    };
+  }
+  const db = new Database(path.join(volDir, 'blocks.db'));
   return {
     ids: async () => db.prepare<[], { id: string }>('SELECT id FROM blocks').all().map((r) => r.id).sort((a, b) => Number(a) - Number(b)),
     get: async (id) => {

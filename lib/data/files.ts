@@ -1,0 +1,362 @@
+// BlockStore embedded in the daemon, one file per block: DIR/blocks/XX/ID, the way JuiceFS's
+// local `file` storage keeps objects. The store of new embedded volumes; a volume whose directory
+// holds a blocks.db keeps using that (lib/data/sqlite.ts, chosen in lib/data/index.ts).
+//
+// Why files and not blocks.db: better-sqlite3 writes and fsyncs every block synchronously on the
+// daemon's only thread, and its WAL writes each block twice (WAL, then checkpoint). Here every
+// put goes through Node's fs promises, i.e. libuv's thread pool: several blocks are written and
+// fsynced at once while the event loop keeps answering FUSE requests. Small blocks (a file of a
+// few KiB) are the exception: written with synchronous calls, as blocks.db did (SMALL_PUT).
+//
+// Durability: put() resolves once the block file is written and fdatasynced and its directory
+// entry fsynced, so "blocks durable before the metadata that names them" holds across power loss.
+// A put is written in place (no temporary file and rename): a put that did not resolve is named by
+// no block map, so a torn file left by a crash is only an unreferenced block for `kvfs gc`; get()
+// of a block whose put is in flight answers from memory. Deletes are unlinks without an fsync: a
+// delete lost in a power failure leaves an unreferenced block, as in blocks.db.
+//
+// Exclusivity and ownership as for blocks.db: DIR/blocks/volume.db is a small SQLite database
+// holding the volume's uuid, opened with locking_mode=EXCLUSIVE, so a second opener gets FsError
+// EBUSY and a store of another volume FsError EINVAL; the kernel drops the lock when a daemon dies.
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import type Database from 'better-sqlite3';
+import { FsError } from '../errors';
+import { openExclusiveSqlite, sqliteError } from '../meta/sqlite';
+import type { BlockStore } from './store';
+
+export interface FileBlocksOptions {
+  /** The volume's directory; blocks go to DIR/blocks/. */
+  dir: string;
+  /** Create DIR/blocks when missing (default true); false: FsError ENOENT instead. */
+  create?: boolean;
+  /** The volume these blocks belong to; recorded at first open and checked afterwards. */
+  volumeUuid: string;
+}
+
+/** Subdirectories of DIR/blocks (by a hash of the id): 256 keep each directory small. */
+const FANOUT = 256;
+/** ids per list() batch. */
+const BATCH = 1000;
+/**
+ * Puts up to this size are written with synchronous calls on the event loop: for a small block
+ * the seven trips to the thread pool and back (open, write, fdatasync, close, directory fsync)
+ * cost more than the calls themselves, and a file created with 4 KiB pays them on every close.
+ */
+const SMALL_PUT = 64 * 1024;
+/** Most unlinks in flight at once. */
+const DELETE_PARALLEL = 16;
+const OWNER_SCHEMA = 'CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT NOT NULL);';
+
+/** The file name of a block id: kept as is when plain, otherwise %XX-escaped (reversible). */
+function fileName(id: string): string {
+  if (/^[A-Za-z0-9_-][A-Za-z0-9._-]*$/.test(id)) return id;
+  if (id === '') throw new FsError('EINVAL', 'file blocks: empty block id');
+  return encodeURIComponent(id).replace(/[.!'()*~]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+function idOf(name: string): string {
+  return name.includes('%') ? decodeURIComponent(name) : name;
+}
+
+/** The fan-out directory of an id: FNV-1a of its bytes, two hex digits. */
+function shard(id: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+  return ((h >>> 0) % FANOUT).toString(16).padStart(2, '0');
+}
+
+/** Where the block `id` of the store in `dir` (the volume's directory) is kept. */
+export function blockFile(dir: string, id: string): string {
+  return path.join(dir, 'blocks', shard(id), fileName(id));
+}
+
+function fsError(err: unknown, what: string): FsError {
+  if (err instanceof FsError) return err;
+  const code = String((err as NodeJS.ErrnoException).code ?? '');
+  const known = ['ENOSPC', 'EACCES', 'EROFS', 'EIO', 'ENAMETOOLONG', 'EDQUOT'] as const;
+  const errno = (known as readonly string[]).includes(code) ? (code as (typeof known)[number]) : 'EIO';
+  return new FsError(errno === 'EDQUOT' ? 'ENOSPC' : errno, `file blocks ${what}: ${(err as Error).message}`, { cause: err });
+}
+
+async function syncPath(p: string): Promise<void> {
+  const fh = await fsp.open(p, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fsyncs of one directory, through a descriptor kept open: callers waiting at the same time share one. */
+class DirSync {
+  private requested = 0;
+  private done = 0;
+  private running: Promise<void> | undefined;
+  private fd: number | undefined;
+
+  constructor(private readonly dir: string) {}
+
+  private descriptor(): number {
+    this.fd ??= fs.openSync(this.dir, 'r');
+    return this.fd;
+  }
+
+  /** fsync now, blocking the event loop (for small puts, written the same way). */
+  syncNow(): void {
+    this.requested++;
+    fs.fsyncSync(this.descriptor());
+    this.done = this.requested;
+  }
+
+  close(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  /** Resolves after an fsync of the directory that started after this call. */
+  async sync(): Promise<void> {
+    const target = ++this.requested;
+    while (this.done < target) {
+      this.running ??= this.run().finally(() => (this.running = undefined));
+      await this.running;
+    }
+  }
+
+  private async run(): Promise<void> {
+    const upTo = this.requested;
+    const fd = this.descriptor();
+    await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+    this.done = Math.max(this.done, upTo);
+  }
+}
+
+export class FileBlocks implements BlockStore {
+  readonly kind = 'files';
+  /** DIR/blocks. */
+  readonly root: string;
+  private readonly owner: Database.Database;
+  private readonly dirSyncs = new Map<string, DirSync>();
+  /** Blocks being written, by id: get() answers from here until the file is complete. */
+  private readonly writing = new Map<string, Buffer>();
+  /** Puts in flight, awaited by close(). */
+  private readonly inFlight = new Set<Promise<void>>();
+  private closed = false;
+
+  /** Opens DIR/blocks; FsError EBUSY if in use, EINVAL if it belongs to another volume. */
+  constructor(options: FileBlocksOptions) {
+    if (!options.dir || !path.isAbsolute(options.dir)) throw new TypeError(`FileBlocks: dir must be an absolute path, got ${options.dir}`);
+    if (!options.volumeUuid) throw new TypeError('FileBlocks: volumeUuid is required');
+    this.root = path.join(options.dir, 'blocks');
+    const create = options.create ?? true;
+    const ownerFile = path.join(this.root, 'volume.db');
+    const isNew = !fs.existsSync(ownerFile);
+    this.owner = openExclusiveSqlite(ownerFile, { role: 'blocks', synchronous: 'FULL', schema: OWNER_SCHEMA, create });
+    try {
+      const owner = this.owner.prepare<[], { value: string }>("SELECT value FROM info WHERE name = 'volume_uuid'").get()?.value;
+      if (owner === undefined) {
+        this.owner.prepare("INSERT INTO info (name, value) VALUES ('volume_uuid', ?)").run(options.volumeUuid);
+      } else if (owner !== options.volumeUuid) {
+        throw new FsError('EINVAL', `${this.root} holds the blocks of volume ${owner}, not of ${options.volumeUuid}`);
+      }
+      if (isNew) {
+        // All fan-out directories at once, durable before any block goes into them.
+        for (let i = 0; i < FANOUT; i++) fs.mkdirSync(path.join(this.root, i.toString(16).padStart(2, '0')), { recursive: true });
+        for (const d of [this.root, path.dirname(this.root)]) {
+          const fd = fs.openSync(d, 'r');
+          try {
+            fs.fsyncSync(fd);
+          } finally {
+            fs.closeSync(fd);
+          }
+        }
+      }
+    } catch (err) {
+      this.owner.close();
+      throw err instanceof FsError ? err : sqliteError(err, `open blocks store ${this.root}`);
+    }
+  }
+
+  private check(what: string): void {
+    if (this.closed) throw new FsError('EIO', `file blocks ${what}: store is closed`);
+  }
+
+  private pathOf(id: string): { dir: string; file: string } {
+    const dir = path.join(this.root, shard(id));
+    return { dir, file: path.join(dir, fileName(id)) };
+  }
+
+  private dirSync(dir: string): DirSync {
+    let s = this.dirSyncs.get(dir);
+    if (!s) this.dirSyncs.set(dir, (s = new DirSync(dir)));
+    return s;
+  }
+
+  /** Resolves once the block file and its directory entry are fsynced. */
+  put(id: string, data: Buffer): Promise<void> {
+    try {
+      this.check('put');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (data.length <= SMALL_PUT) {
+      try {
+        this.writeNow(id, data);
+        return Promise.resolve();
+      } catch (err) {
+        return Promise.reject(fsError(err, `put ${id}`));
+      }
+    }
+    const work = this.write(id, data);
+    this.inFlight.add(work);
+    return work.finally(() => this.inFlight.delete(work));
+  }
+
+  private async write(id: string, data: Buffer): Promise<void> {
+    const { dir, file } = this.pathOf(id);
+    this.writing.set(id, data);
+    try {
+      let fh: fsp.FileHandle;
+      try {
+        fh = await fsp.open(file, 'w');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        // A fan-out directory removed by hand: make it again (and durable).
+        await fsp.mkdir(dir, { recursive: true });
+        await syncPath(this.root);
+        fh = await fsp.open(file, 'w');
+      }
+      try {
+        await fh.writeFile(data);
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await this.dirSync(dir).sync();
+    } catch (err) {
+      throw fsError(err, `put ${id}`);
+    } finally {
+      if (this.writing.get(id) === data) this.writing.delete(id);
+    }
+  }
+
+  /** A small put, with synchronous calls (see SMALL_PUT). */
+  private writeNow(id: string, data: Buffer): void {
+    const { dir, file } = this.pathOf(id);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'w');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      fs.mkdirSync(dir, { recursive: true });
+      const root = fs.openSync(this.root, 'r');
+      try {
+        fs.fsyncSync(root);
+      } finally {
+        fs.closeSync(root);
+      }
+      fd = fs.openSync(file, 'w');
+    }
+    try {
+      for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, done);
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    this.dirSync(dir).syncNow();
+  }
+
+  async get(id: string): Promise<Buffer | undefined> {
+    this.check('get');
+    const pending = this.writing.get(id);
+    if (pending) return pending;
+    try {
+      return await fsp.readFile(this.pathOf(id).file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw fsError(err, `get ${id}`);
+    }
+  }
+
+  async size(id: string): Promise<number | undefined> {
+    this.check('size');
+    const pending = this.writing.get(id);
+    if (pending) return pending.length;
+    try {
+      return (await fsp.stat(this.pathOf(id).file)).size;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw fsError(err, `size ${id}`);
+    }
+  }
+
+  /** Unlinks, without an fsync: a delete lost in a power failure only leaves a block for gc. */
+  async delete(ids: readonly string[]): Promise<void> {
+    this.check('delete');
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < ids.length) {
+        const id = ids[next++];
+        try {
+          await fsp.unlink(this.pathOf(id).file);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fsError(err, `delete ${id}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DELETE_PARALLEL, ids.length) }, worker));
+  }
+
+  /** The block ids of each fan-out directory, in batches of at most BATCH. */
+  async list(onBatch: (ids: string[]) => Promise<void> | void): Promise<void> {
+    this.check('list');
+    let batch: string[] = [];
+    for (let i = 0; i < FANOUT; i++) {
+      let names: string[];
+      try {
+        names = await fsp.readdir(path.join(this.root, i.toString(16).padStart(2, '0')));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw fsError(err, 'list');
+      }
+      for (const name of names) {
+        batch.push(idOf(name));
+        if (batch.length >= BATCH) {
+          await onBatch(batch);
+          batch = [];
+        }
+      }
+    }
+    if (batch.length > 0) await onBatch(batch);
+  }
+
+  /** Counts the files and sums their sizes (one stat per block). */
+  async usage(): Promise<{ blocks: number; bytes: number }> {
+    this.check('usage');
+    let blocks = 0;
+    let bytes = 0;
+    await this.list(async (ids) => {
+      const sizes = await Promise.all(ids.map((id) => fsp.stat(this.pathOf(id).file).then((s) => s.size, () => undefined)));
+      for (const s of sizes) {
+        if (s === undefined) continue;
+        blocks++;
+        bytes += s;
+      }
+    });
+    return { blocks, bytes };
+  }
+
+  /** Every put is fsynced (file and directory entry) before it resolves. */
+  async durabilityWarning(): Promise<string | undefined> {
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await Promise.allSettled([...this.inFlight]);
+    this.closed = true;
+    for (const d of this.dirSyncs.values()) d.close();
+    this.owner.close();
+  }
+}
