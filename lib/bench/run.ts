@@ -667,7 +667,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     machine: machine(),
     config: {
       meta: parseMetaUrl(plan.metaUrl, cfg.meta).describe,
-      data: plan.dataUrl ? parseBlockUrl(plan.dataUrl, cfg.data).describe : `${parseMetaUrl(plan.metaUrl, cfg.meta).describe} (embedded blocks.db)`,
+      data: plan.dataUrl ? parseBlockUrl(plan.dataUrl, cfg.data).describe : `${parseMetaUrl(plan.metaUrl, cfg.meta).describe} (embedded block store)`,
       volume: parseMetaUrl(plan.metaUrl, cfg.meta).volume,
       blockSize: 0,
       size: cfg.size,

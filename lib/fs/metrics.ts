@@ -95,6 +95,7 @@ export class Metrics {
       put: (id, data) => timed(() => store.put(id, data)),
       get: (id) => timed(() => store.get(id)),
       ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => timed(() => store.getRange!(id, offset, length)) } : {}),
+      ...(store.size ? { size: (id: string) => timed(() => store.size!(id)) } : {}),
       delete: (ids) => timed(() => store.delete(ids)),
       list: (onBatch) => store.list(onBatch),
       usage: () => store.usage(),
