@@ -23,7 +23,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type Database from 'better-sqlite3';
 import { FsError } from '../errors';
-import { openExclusiveSqlite, sqliteError } from '../meta/sqlite';
+import { bindToVolume, openExclusiveSqlite, sqliteError } from '../meta/sqlite';
 import type { BlockStore } from './store';
 
 export interface FileBlocksOptions {
@@ -154,12 +154,7 @@ export class FileBlocks implements BlockStore {
     const isNew = !fs.existsSync(ownerFile);
     this.owner = openExclusiveSqlite(ownerFile, { role: 'blocks', synchronous: 'FULL', schema: OWNER_SCHEMA, create });
     try {
-      const owner = this.owner.prepare<[], { value: string }>("SELECT value FROM info WHERE name = 'volume_uuid'").get()?.value;
-      if (owner === undefined) {
-        this.owner.prepare("INSERT INTO info (name, value) VALUES ('volume_uuid', ?)").run(options.volumeUuid);
-      } else if (owner !== options.volumeUuid) {
-        throw new FsError('EINVAL', `${this.root} holds the blocks of volume ${owner}, not of ${options.volumeUuid}`);
-      }
+      bindToVolume(this.owner, options.volumeUuid, this.root);
       if (isNew) {
         // All fan-out directories at once, durable before any block goes into them.
         for (let i = 0; i < FANOUT; i++) fs.mkdirSync(path.join(this.root, i.toString(16).padStart(2, '0')), { recursive: true });

@@ -24,7 +24,7 @@
 import * as path from 'node:path';
 import type Database from 'better-sqlite3';
 import { FsError } from '../errors';
-import { openExclusiveSqlite, sqliteError } from '../meta/sqlite';
+import { bindToVolume, openExclusiveSqlite, sqliteError } from '../meta/sqlite';
 import type { BlockStore } from './store';
 
 export interface SqliteBlocksOptions {
@@ -92,12 +92,7 @@ export class SqliteBlocks implements BlockStore {
       create: options.create ?? true,
     });
     try {
-      const owner = this.db.prepare<[], { value: string }>("SELECT value FROM info WHERE name = 'volume_uuid'").get()?.value;
-      if (owner === undefined) {
-        this.db.prepare("INSERT INTO info (name, value) VALUES ('volume_uuid', ?)").run(options.volumeUuid);
-      } else if (owner !== options.volumeUuid) {
-        throw new FsError('EINVAL', `${this.file} holds the blocks of volume ${owner}, not of ${options.volumeUuid}`);
-      }
+      bindToVolume(this.db, options.volumeUuid, this.file);
       this.stmt = {
         put: this.db.prepare('INSERT OR REPLACE INTO blocks (id, size, data) VALUES (?, ?, ?)'),
         get: this.db.prepare('SELECT data FROM blocks WHERE id = ?'),

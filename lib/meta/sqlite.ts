@@ -85,6 +85,20 @@ export interface OpenSqliteOptions {
 }
 
 /**
+ * Binds a block store's database to one volume: the first open records the volume's uuid (in an
+ * `info (name, value)` table), later opens with another uuid get FsError EINVAL, so two volumes
+ * never share (and gc) one block store. `where` names the store in the message.
+ */
+export function bindToVolume(db: Database.Database, volumeUuid: string, where: string): void {
+  const owner = db.prepare<[], { value: string }>("SELECT value FROM info WHERE name = 'volume_uuid'").get()?.value;
+  if (owner === undefined) {
+    db.prepare("INSERT INTO info (name, value) VALUES ('volume_uuid', ?)").run(volumeUuid);
+  } else if (owner !== volumeUuid) {
+    throw new FsError('EINVAL', `${where} holds the blocks of volume ${owner}, not of ${volumeUuid}`);
+  }
+}
+
+/**
  * Opens (creating if needed) a database for exclusive use by this process: WAL journal,
  * locking_mode=EXCLUSIVE with the lock taken now. Another holder -> FsError EBUSY.
  */
