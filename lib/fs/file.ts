@@ -475,8 +475,11 @@ export class OpenFile {
     return this.writeLock.run(async () => {
       if (size <= this.size) return undefined;
       await this.flush();
-      const { attr } = await this.meta.truncate(this.ino, size);
+      const { attr, released } = await this.meta.truncate(this.ino, size);
+      // As truncate: the committed block map may have changed, so the cached one goes.
+      this.chunks.clear();
       this.size = attr.size;
+      if (released.length) this.releaseBlocks(released);
       return attr;
     });
   }
