@@ -457,14 +457,7 @@ export class OpenFile {
 
   /** Truncate: commit pending writes, then cut the committed file. */
   async truncate(size: number): Promise<Attr> {
-    return this.writeLock.run(async () => {
-      await this.flush();
-      const { attr, released } = await this.meta.truncate(this.ino, size);
-      this.chunks.clear();
-      this.size = attr.size;
-      if (released.length) this.releaseBlocks(released);
-      return attr;
-    });
+    return this.writeLock.run(() => this.resizeLocked(size));
   }
 
   /**
@@ -472,16 +465,17 @@ export class OpenFile {
    * past the old end is never cut back; a file already that long is left alone.
    */
   async extend(size: number): Promise<Attr | undefined> {
-    return this.writeLock.run(async () => {
-      if (size <= this.size) return undefined;
-      await this.flush();
-      const { attr, released } = await this.meta.truncate(this.ino, size);
-      // As truncate: the committed block map may have changed, so the cached one goes.
-      this.chunks.clear();
-      this.size = attr.size;
-      if (released.length) this.releaseBlocks(released);
-      return attr;
-    });
+    return this.writeLock.run(async () => (size <= this.size ? undefined : this.resizeLocked(size)));
+  }
+
+  /** Commits pending writes and sets the committed size; the caller holds the write lock. */
+  private async resizeLocked(size: number): Promise<Attr> {
+    await this.flush();
+    const { attr, released } = await this.meta.truncate(this.ino, size);
+    this.chunks.clear();
+    this.size = attr.size;
+    if (released.length) this.releaseBlocks(released);
+    return attr;
   }
 
   /** Deletes blocks no longer referenced by this file. Failures only leak space (gc finds it). */
