@@ -32,7 +32,7 @@ test('pool: a second give of the same buffer, and buffers it did not make, are i
 });
 
 test('cache: a block stays intact while cached; once dropped its buffer is reused', async (t) => {
-  const cache = new BlockCache(2 * BLOCK);
+  const cache = new BlockCache({ cachedBytes: 2 * BLOCK, spareBytes: 4 * BLOCK });
   const a = cache.pool.take(BLOCK).fill(1);
   cache.add(1, a, false);
   cache.add(2, cache.pool.take(BLOCK).fill(2), false);
@@ -48,7 +48,7 @@ test('cache: a block stays intact while cached; once dropped its buffer is reuse
 });
 
 test('cache: add with copy keeps a copy and gives the original back', async (t) => {
-  const cache = new BlockCache(4 * BLOCK);
+  const cache = new BlockCache({ cachedBytes: 4 * BLOCK, spareBytes: 4 * BLOCK });
   const a = cache.pool.take(BLOCK).fill(7);
   cache.add(1, a.subarray(0, 1000), true);
   await turn();

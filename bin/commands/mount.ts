@@ -51,8 +51,9 @@ Options:
                         measured 1 s behind with 1). Two hard links to one file may
                         also show different link counts or times for that long
                         (libfuse2's path API gives each name its own kernel inode).
-  --cache-size SIZE     memory for cached blocks (default 256M); reads ahead of a
-                        sequential reader use up to a quarter of it
+  --cache-size SIZE     memory for blocks read (default 256M): cached blocks,
+                        blocks fetched ahead of a sequential reader (up to a
+                        quarter) and spare block buffers (an eighth, at most 64M)
   --writeback on|off    on (default): writes return once copied into memory and
                         are committed on fsync, close, --flush-interval or
                         --max-dirty; what was neither fsynced nor closed is lost if

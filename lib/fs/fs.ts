@@ -8,7 +8,7 @@ import type { Meta, Unlinked } from '../meta/meta';
 import type { KvSession } from '../meta/kv';
 import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
-import { BlockCache } from './cache';
+import { BlockCache, splitCacheSize } from './cache';
 import { OpenFile } from './file';
 import { F_GETLK, F_UNLCK, LOCK_NB, LOCK_UN, LockTable, type RecordLock } from './locks';
 
@@ -99,6 +99,7 @@ export class Filesystem {
   private readonly handles = new Map<number, Handle>();
   private nextHandle = 1;
   private readonly cache: BlockCache;
+  private readonly maxReadahead: number;
   /** Work started in the background (reclaiming orphans), awaited at shutdown. */
   private readonly background = new Set<Promise<void>>();
   private readonly pendingReclaims = new Map<number, NodeJS.Timeout>();
@@ -115,7 +116,9 @@ export class Filesystem {
     readonly store: BlockStore,
     readonly options: FsOptions,
   ) {
-    this.cache = new BlockCache(options.cacheBytes);
+    // Blocks fetched ahead of a sequential reader: a quarter of the cache, at most 32.
+    this.maxReadahead = Math.max(1, Math.min(32, Math.floor(options.cacheBytes / meta.blockSize / 4)));
+    this.cache = new BlockCache(splitCacheSize(options.cacheBytes, this.maxReadahead * meta.blockSize, meta.blockSize));
     this.locks = new LockTable(meta.kv, () => this.session?.id, async (ino) => this.files.get(ino)?.flush());
     this.budget = new DirtyBudget(options.maxDirty, () => this.commitDirty(() => true));
     // A commit must start no later than --flush-interval after the oldest uncommitted write, so
@@ -503,7 +506,7 @@ export class Filesystem {
     if (!file) {
       file = new OpenFile(ino, attr, this.meta, this.store, this.cache, {
         commitThreshold: Math.min(this.options.commitThreshold, Math.max(this.meta.blockSize, this.options.maxDirty / 4)),
-        maxReadahead: Math.max(1, Math.min(32, Math.floor(this.options.cacheBytes / this.meta.blockSize / 4))),
+        maxReadahead: this.maxReadahead,
         writeback: this.options.writeback,
         budget: this.budget,
         onCommit: (committed) => this.rememberAttr(committed),

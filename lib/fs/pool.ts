@@ -10,8 +10,6 @@
 // again only after the event loop has turned (setImmediate): no reader can still be copying it.
 // Only buffers this pool made come back; anything else given is ignored.
 
-/** Free buffers kept at most, in bytes; what comes back beyond that is left to the GC. */
-const MAX_FREE_BYTES = 64 * 1024 * 1024;
 /** Free buffers not taken for this long are dropped (an idle mount holds no spare memory). */
 const IDLE_MS = 2000;
 
@@ -26,6 +24,9 @@ export class BufferPool {
   private readonly idle = new WeakSet<ArrayBuffer>();
   private takenSinceTrim = false;
   private trimTimer: NodeJS.Timeout | undefined;
+
+  /** `maxFreeBytes`: free buffers kept at most; what comes back beyond that is left to the GC. */
+  constructor(private readonly maxFreeBytes = 64 * 1024 * 1024) {}
 
   /** A buffer of exactly `size` bytes, not zeroed. */
   take(size: number): Buffer {
@@ -58,7 +59,7 @@ export class BufferPool {
   private settle(): void {
     this.settling = false;
     for (const buf of this.returned) {
-      if (this.freeBytes + buf.length > MAX_FREE_BYTES) continue; // garbage now
+      if (this.freeBytes + buf.length > this.maxFreeBytes) continue; // garbage now
       let list = this.free.get(buf.length);
       if (!list) this.free.set(buf.length, (list = []));
       list.push(buf);
