@@ -112,6 +112,17 @@ async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefi
   await Promise.all(things.map((t) => t?.close().catch(() => undefined)));
 }
 
+/**
+ * Embedded volume (meta.db + file blocks): small blocks go into meta.db (lib/data/files.ts says
+ * why). Every opener of such a volume for reading or changing blocks goes through here, so none
+ * misses them.
+ */
+async function keepSmallBlocksInMeta(store: BlockStore, kv: { readonly kind: string }): Promise<void> {
+  if (store.kind !== 'files' || kv.kind !== 'sqlite') return;
+  const [{ FileBlocks }, { SqliteKv }] = await Promise.all([import('../data/files'), import('../meta/sqlite')]);
+  if (store instanceof FileBlocks && kv instanceof SqliteKv) store.keepSmallBlocksIn(kv);
+}
+
 export async function openVolume(metaUrl: string, options: OpenOptions): Promise<Volume> {
   const opened = await openKv(metaUrl, { timeoutMs: options.timeoutMs, security: options.meta }).catch((err) => {
     throw explainBusy(err, parseMetaUrl(metaUrl, options.meta).describe);
@@ -140,6 +151,7 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
         throw explainBusy(err, describe);
       },
     );
+    await keepSmallBlocksInMeta(store, opened.kv);
     // Timing wraps the encryption too: the cost of sealing shows as block time in /metrics.
     if (meta.settings.encryption) {
       store = new EncryptedBlocks(store, { volumeUuid: meta.settings.uuid, key, describe, onAuthFailure: options.onAuthFailure });
