@@ -41,9 +41,12 @@ export interface SmallBlockTable {
   putBlob(id: string, data: Buffer): Promise<void>;
   getBlob(id: string): Buffer | undefined;
   blobSize(id: string): number | undefined;
-  deleteBlobs(ids: readonly string[]): Promise<void>;
+  /** Resolves to the ids that were in the table. */
+  deleteBlobs(ids: readonly string[]): Promise<string[]>;
   /** Up to `limit` ids after `after` ('' for the first), in id order. */
   listBlobs(after: string, limit: number): string[];
+  /** Makes every commit so far (block maps included) durable against power loss. */
+  sync(): Promise<void>;
   blobUsage(): { blocks: number; bytes: number };
 }
 
@@ -199,7 +202,9 @@ export class FileBlocks implements BlockStore {
   /**
    * From now on, puts of up to SMALL_PUT bytes go to `table`, which must be the metadata
    * database of this volume (the ordering argument at the top of this file needs the block map
-   * in the same SQLite WAL).
+   * in the same SQLite WAL). delete() then also orders itself after the commit that dropped the
+   * blocks (the caller needs no sync first): a row's delete is a later commit of the same WAL,
+   * and files are unlinked only after table.sync().
    */
   keepSmallBlocksIn(table: SmallBlockTable): void {
     this.small = table;
@@ -338,7 +343,13 @@ export class FileBlocks implements BlockStore {
   /** Unlinks, without an fsync: a delete lost in a power failure only leaves a block for gc. */
   async delete(ids: readonly string[]): Promise<void> {
     this.check('delete');
-    if (this.small && ids.length > 0) await this.small.deleteBlobs(ids);
+    if (this.small && ids.length > 0) {
+      // No unlink (a trip to the thread pool for ENOENT) for the ids that were rows.
+      const rows = new Set(await this.small.deleteBlobs(ids));
+      if (rows.size > 0) ids = ids.filter((id) => !rows.has(id));
+      if (ids.length === 0) return;
+      await this.small.sync();
+    }
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < ids.length) {

@@ -466,12 +466,13 @@ export class SqliteKv implements KvEngine {
   // prefix recovery keeps "blocks durable before the metadata that names them" across power loss
   // without an fsync per block. Reads need no queue: no txn writes this table.
 
-  private async blobWrite(what: string, fn: () => void): Promise<void> {
+  private async blobWrite<T>(what: string, fn: () => T): Promise<T> {
     if (this.inTxn.getStore() === this) throw new FsError('EDEADLK', `sqlite ${what} called inside a transaction function`);
     await this.acquire(what);
     try {
-      this.db.transaction(fn)();
+      const result = this.db.transaction(fn)();
       this.commits++;
+      return result;
     } catch (err) {
       throw sqliteError(err, `sqlite ${what}`);
     } finally {
@@ -480,7 +481,7 @@ export class SqliteKv implements KvEngine {
   }
 
   putBlob(id: string, data: Buffer): Promise<void> {
-    return this.blobWrite('put block', () => this.stmt.blobPut.run(id, data));
+    return this.blobWrite('put block', () => void this.stmt.blobPut.run(id, data));
   }
 
   getBlob(id: string): Buffer | undefined {
@@ -501,8 +502,9 @@ export class SqliteKv implements KvEngine {
     }
   }
 
-  deleteBlobs(ids: readonly string[]): Promise<void> {
-    return this.blobWrite('delete blocks', () => ids.forEach((id) => this.stmt.blobDel.run(id)));
+  /** Deletes the rows of `ids`; resolves to those that were there. */
+  deleteBlobs(ids: readonly string[]): Promise<string[]> {
+    return this.blobWrite('delete blocks', () => ids.filter((id) => this.stmt.blobDel.run(id).changes > 0));
   }
 
   /** Up to `limit` ids after `after` (''), in id order. */
