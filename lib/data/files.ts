@@ -15,6 +15,15 @@
 // of a block whose put is in flight answers from memory. Deletes are unlinks without an fsync: a
 // delete lost in a power failure leaves an unreferenced block, as in blocks.db.
 //
+// Small blocks in meta.db: with keepSmallBlocksIn() (lib/fs/volume.ts calls it for an embedded
+// volume whose metadata is the SQLite meta.db next to DIR/blocks) a put of up to SMALL_PUT bytes
+// becomes a row of meta.db's small_blocks table, its own commit ahead of the block-map commit
+// that names it. SQLite recovers a prefix of the commits after a power loss, so the block cannot
+// be lost while the block map survives, and the file + directory fsyncs (about 2 ms of every
+// small file's close) are not needed: they move to the next meta.db sync, as the block map's
+// own durability already does. Reads, deletes, list and usage look at both places (blocks put
+// as files before, or larger ones).
+//
 // Exclusivity and ownership as for blocks.db: DIR/blocks/volume.db is a small SQLite database
 // holding the volume's uuid, opened with locking_mode=EXCLUSIVE, so a second opener gets FsError
 // EBUSY and a store of another volume FsError EINVAL; the kernel drops the lock when a daemon dies.
@@ -25,6 +34,21 @@ import type Database from 'better-sqlite3';
 import { FsError } from '../errors';
 import { bindToVolume, openExclusiveSqlite, sqliteError } from '../meta/sqlite';
 import type { BlockStore } from './store';
+
+/** A table in the metadata database that holds small blocks (SqliteKv in lib/meta/sqlite.ts). */
+export interface SmallBlockTable {
+  /** Resolves once the block is committed ahead of every later metadata commit. */
+  putBlob(id: string, data: Buffer): Promise<void>;
+  getBlob(id: string): Buffer | undefined;
+  blobSize(id: string): number | undefined;
+  /** Resolves to the ids that were in the table. */
+  deleteBlobs(ids: readonly string[]): Promise<string[]>;
+  /** Up to `limit` ids after `after` ('' for the first), in id order. */
+  listBlobs(after: string, limit: number): string[];
+  /** Makes every commit so far (block maps included) durable against power loss. */
+  sync(): Promise<void>;
+  blobUsage(): { blocks: number; bytes: number };
+}
 
 export interface FileBlocksOptions {
   /** The volume's directory; blocks go to DIR/blocks/. */
@@ -143,6 +167,8 @@ export class FileBlocks implements BlockStore {
   /** Puts in flight, awaited by close(). */
   private readonly inFlight = new Set<Promise<void>>();
   private closed = false;
+  /** Where small puts go instead of files (keepSmallBlocksIn). */
+  private small: SmallBlockTable | undefined;
 
   /** Opens DIR/blocks; FsError EBUSY if in use, EINVAL if it belongs to another volume. */
   constructor(options: FileBlocksOptions) {
@@ -173,6 +199,17 @@ export class FileBlocks implements BlockStore {
     }
   }
 
+  /**
+   * From now on, puts of up to SMALL_PUT bytes go to `table`, which must be the metadata
+   * database of this volume (the ordering argument at the top of this file needs the block map
+   * in the same SQLite WAL). delete() then also orders itself after the commit that dropped the
+   * blocks (the caller needs no sync first): a row's delete is a later commit of the same WAL,
+   * and files are unlinked only after table.sync().
+   */
+  keepSmallBlocksIn(table: SmallBlockTable): void {
+    this.small = table;
+  }
+
   private check(what: string): void {
     if (this.closed) throw new FsError('EIO', `file blocks ${what}: store is closed`);
   }
@@ -194,6 +231,19 @@ export class FileBlocks implements BlockStore {
       this.check('put');
     } catch (err) {
       return Promise.reject(err);
+    }
+    if (data.length <= SMALL_PUT && this.small) {
+      // putBlob may wait for a running txn: get() answers from `writing` meanwhile.
+      this.writing.set(id, data);
+      const work = this.small.putBlob(id, data).then(
+        () => undefined,
+        (err: unknown) => Promise.reject(fsError(err, `put ${id}`)),
+      );
+      this.inFlight.add(work);
+      return work.finally(() => {
+        this.inFlight.delete(work);
+        if (this.writing.get(id) === data) this.writing.delete(id);
+      });
     }
     if (data.length <= SMALL_PUT) {
       try {
@@ -266,6 +316,8 @@ export class FileBlocks implements BlockStore {
     this.check('get');
     const pending = this.writing.get(id);
     if (pending) return pending;
+    const small = this.small?.getBlob(id);
+    if (small) return small;
     try {
       return await fsp.readFile(this.pathOf(id).file);
     } catch (err) {
@@ -278,6 +330,8 @@ export class FileBlocks implements BlockStore {
     this.check('size');
     const pending = this.writing.get(id);
     if (pending) return pending.length;
+    const small = this.small?.blobSize(id);
+    if (small !== undefined) return small;
     try {
       return (await fsp.stat(this.pathOf(id).file)).size;
     } catch (err) {
@@ -289,6 +343,13 @@ export class FileBlocks implements BlockStore {
   /** Unlinks, without an fsync: a delete lost in a power failure only leaves a block for gc. */
   async delete(ids: readonly string[]): Promise<void> {
     this.check('delete');
+    if (this.small && ids.length > 0) {
+      // No unlink (a trip to the thread pool for ENOENT) for the ids that were rows.
+      const rows = new Set(await this.small.deleteBlobs(ids));
+      if (rows.size > 0) ids = ids.filter((id) => !rows.has(id));
+      if (ids.length === 0) return;
+      await this.small.sync();
+    }
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < ids.length) {
@@ -306,6 +367,18 @@ export class FileBlocks implements BlockStore {
   /** The block ids of each fan-out directory, in batches of at most BATCH. */
   async list(onBatch: (ids: string[]) => Promise<void> | void): Promise<void> {
     this.check('list');
+    if (this.small) {
+      for (let after = ''; ; ) {
+        const ids = this.small.listBlobs(after, BATCH);
+        if (ids.length === 0) break;
+        await onBatch(ids);
+        after = ids[ids.length - 1];
+      }
+    }
+    await this.listFiles(onBatch);
+  }
+
+  private async listFiles(onBatch: (ids: string[]) => Promise<void> | void): Promise<void> {
     let batch: string[] = [];
     for (let i = 0; i < FANOUT; i++) {
       let names: string[];
@@ -329,9 +402,10 @@ export class FileBlocks implements BlockStore {
   /** Counts the files and sums their sizes (one stat per block). */
   async usage(): Promise<{ blocks: number; bytes: number }> {
     this.check('usage');
-    let blocks = 0;
-    let bytes = 0;
-    await this.list(async (ids) => {
+    const small = this.small?.blobUsage() ?? { blocks: 0, bytes: 0 };
+    let blocks = small.blocks;
+    let bytes = small.bytes;
+    await this.listFiles(async (ids) => {
       const sizes = await Promise.all(ids.map((id) => fsp.stat(this.pathOf(id).file).then((s) => s.size, () => undefined)));
       for (const s of sizes) {
         if (s === undefined) continue;

@@ -112,6 +112,20 @@ async function closeQuietly(...things: Array<{ close(): Promise<void> } | undefi
   await Promise.all(things.map((t) => t?.close().catch(() => undefined)));
 }
 
+/**
+ * Embedded volume (meta.db + file blocks): small blocks go into meta.db (lib/data/files.ts says
+ * why). Every opener of such a volume for reading or changing blocks goes through here, so none
+ * misses them. True when done: the store's deletes then wait for what they must themselves
+ * (rows none, files a sync of meta.db), and need no deleteAfterSync.
+ */
+async function keepSmallBlocksInMeta(store: BlockStore, kv: { readonly kind: string }): Promise<boolean> {
+  if (store.kind !== 'files' || kv.kind !== 'sqlite') return false;
+  const [{ FileBlocks }, { SqliteKv }] = await Promise.all([import('../data/files'), import('../meta/sqlite')]);
+  if (!(store instanceof FileBlocks && kv instanceof SqliteKv)) return false;
+  store.keepSmallBlocksIn(kv);
+  return true;
+}
+
 export async function openVolume(metaUrl: string, options: OpenOptions): Promise<Volume> {
   const opened = await openKv(metaUrl, { timeoutMs: options.timeoutMs, security: options.meta }).catch((err) => {
     throw explainBusy(err, parseMetaUrl(metaUrl, options.meta).describe);
@@ -140,11 +154,12 @@ export async function openVolume(metaUrl: string, options: OpenOptions): Promise
         throw explainBusy(err, describe);
       },
     );
+    const ordered = await keepSmallBlocksInMeta(store, opened.kv);
     // Timing wraps the encryption too: the cost of sealing shows as block time in /metrics.
     if (meta.settings.encryption) {
       store = new EncryptedBlocks(store, { volumeUuid: meta.settings.uuid, key, describe, onAuthFailure: options.onAuthFailure });
     }
-    if (opened.kv.sync) store = deleteAfterSync(store, () => opened.kv.sync!());
+    if (opened.kv.sync && !ordered) store = deleteAfterSync(store, () => opened.kv.sync!());
     const usable = options.metrics ? options.metrics.wrapStore(store) : store;
     return {
       meta,

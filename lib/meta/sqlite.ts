@@ -207,6 +207,7 @@ function checkLimit(options: ScanOptions | undefined): number {
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS session_keys (key BLOB PRIMARY KEY) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS small_blocks (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 `;
 
 class SqliteTxn implements KvTxn {
@@ -272,6 +273,12 @@ export class SqliteKv implements KvEngine {
     scanOpen: Database.Statement<[Buffer, number], { key: Buffer; value: Buffer }>;
     put: Database.Statement<[Buffer, Buffer]>;
     del: Database.Statement<[Buffer]>;
+    blobPut: Database.Statement<[string, Buffer]>;
+    blobGet: Database.Statement<[string], { data: Buffer }>;
+    blobSize: Database.Statement<[string], { n: number }>;
+    blobDel: Database.Statement<[string]>;
+    blobList: Database.Statement<[string, number], { id: string }>;
+    blobUsage: Database.Statement<[], { blocks: number; bytes: number | null }>;
   };
   /** The WAL, which sync() fsyncs. */
   private readonly walFile: string;
@@ -311,6 +318,12 @@ export class SqliteKv implements KvEngine {
       scanOpen: this.db.prepare('SELECT key, value FROM kv WHERE key >= ? ORDER BY key LIMIT ?'),
       put: this.db.prepare('INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
       del: this.db.prepare('DELETE FROM kv WHERE key = ?'),
+      blobPut: this.db.prepare('INSERT INTO small_blocks (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data'),
+      blobGet: this.db.prepare('SELECT data FROM small_blocks WHERE id = ?'),
+      blobSize: this.db.prepare('SELECT length(data) AS n FROM small_blocks WHERE id = ?'),
+      blobDel: this.db.prepare('DELETE FROM small_blocks WHERE id = ?'),
+      blobList: this.db.prepare('SELECT id FROM small_blocks WHERE id > ? ORDER BY id LIMIT ?'),
+      blobUsage: this.db.prepare('SELECT count(*) AS blocks, sum(length(data)) AS bytes FROM small_blocks'),
     };
   }
 
@@ -444,6 +457,74 @@ export class SqliteKv implements KvEngine {
     }
     if (changes) this.notify(changes);
     return result;
+  }
+
+  // --- small blocks (lib/data/files.ts SmallBlockTable) -----------------------------------
+  // The file block store keeps small blocks here instead of in a file each. Every write is its
+  // own commit, taken through the txn queue (a statement run while a txn is open would join
+  // it), so it lands in the WAL before the block-map txn that names the block, and SQLite's
+  // prefix recovery keeps "blocks durable before the metadata that names them" across power loss
+  // without an fsync per block. Reads need no queue: no txn writes this table.
+
+  private async blobWrite<T>(what: string, fn: () => T): Promise<T> {
+    if (this.inTxn.getStore() === this) throw new FsError('EDEADLK', `sqlite ${what} called inside a transaction function`);
+    await this.acquire(what);
+    try {
+      const result = this.db.transaction(fn)();
+      this.commits++;
+      return result;
+    } catch (err) {
+      throw sqliteError(err, `sqlite ${what}`);
+    } finally {
+      this.release();
+    }
+  }
+
+  putBlob(id: string, data: Buffer): Promise<void> {
+    return this.blobWrite('put block', () => void this.stmt.blobPut.run(id, data));
+  }
+
+  getBlob(id: string): Buffer | undefined {
+    this.checkOpen('get block');
+    try {
+      return this.stmt.blobGet.get(id)?.data;
+    } catch (err) {
+      throw sqliteError(err, 'sqlite get block');
+    }
+  }
+
+  blobSize(id: string): number | undefined {
+    this.checkOpen('block size');
+    try {
+      return this.stmt.blobSize.get(id)?.n;
+    } catch (err) {
+      throw sqliteError(err, 'sqlite block size');
+    }
+  }
+
+  /** Deletes the rows of `ids`; resolves to those that were there. */
+  deleteBlobs(ids: readonly string[]): Promise<string[]> {
+    return this.blobWrite('delete blocks', () => ids.filter((id) => this.stmt.blobDel.run(id).changes > 0));
+  }
+
+  /** Up to `limit` ids after `after` (''), in id order. */
+  listBlobs(after: string, limit: number): string[] {
+    this.checkOpen('list blocks');
+    try {
+      return this.stmt.blobList.all(after, limit).map((r) => r.id);
+    } catch (err) {
+      throw sqliteError(err, 'sqlite list blocks');
+    }
+  }
+
+  blobUsage(): { blocks: number; bytes: number } {
+    this.checkOpen('block usage');
+    try {
+      const r = this.stmt.blobUsage.get();
+      return { blocks: r?.blocks ?? 0, bytes: r?.bytes ?? 0 };
+    } catch (err) {
+      throw sqliteError(err, 'sqlite block usage');
+    }
   }
 
   /**

@@ -72,18 +72,25 @@ async function rawBlocks(servers: Servers, metaUrl: string, uuid: string): Promi
   }
   const volDir = new URL(metaUrl).pathname;
   if (!fs.existsSync(path.join(volDir, 'blocks.db'))) {
-    // The file store: DIR/blocks/XX/ID.
+    // The file store: DIR/blocks/XX/ID, and small blocks in meta.db's small_blocks table.
     const root = path.join(volDir, 'blocks');
+    const meta = new Database(path.join(volDir, 'meta.db'));
+    const small = (id: string): Buffer | undefined =>
+      meta.prepare<[string], { data: Buffer }>('SELECT data FROM small_blocks WHERE id = ?').get(id)?.data;
     return {
       ids: async () =>
         fs
           .readdirSync(root)
           .filter((d) => /^[0-9a-f]{2}$/.test(d))
           .flatMap((d) => fs.readdirSync(path.join(root, d)))
+          .concat(meta.prepare<[], { id: string }>('SELECT id FROM small_blocks').all().map((r) => r.id))
           .sort((a, b) => Number(a) - Number(b)),
-      get: async (id) => fs.readFileSync(blockFile(volDir, id)),
-      set: async (id, value) => fs.writeFileSync(blockFile(volDir, id), value),
-      close: async () => undefined,
+      get: async (id) => small(id) ?? fs.readFileSync(blockFile(volDir, id)),
+      set: async (id, value) => {
+        if (small(id)) meta.prepare('UPDATE small_blocks SET data = ? WHERE id = ?').run(value, id);
+        else fs.writeFileSync(blockFile(volDir, id), value);
+      },
+      close: async () => void meta.close(),
     };
   }
   const db = new Database(path.join(volDir, 'blocks.db'));
