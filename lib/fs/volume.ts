@@ -185,6 +185,9 @@ function deleteAfterSync(store: BlockStore, sync: () => Promise<void>): BlockSto
     kind: store.kind,
     put: (id, data) => store.put(id, data),
     get: (id) => store.get(id),
+    // Every optional method passes through, or the layers above lose it (random reads fell back
+    // to whole blocks on embedded metadata with Redis data when getRange was missing here).
+    ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => store.getRange!(id, offset, length) } : {}),
     ...(store.size ? { size: (id: string) => store.size!(id) } : {}),
     delete: async (ids) => {
       await sync();
