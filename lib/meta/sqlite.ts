@@ -484,22 +484,22 @@ export class SqliteKv implements KvEngine {
     return this.blobWrite('put block', () => void this.stmt.blobPut.run(id, data));
   }
 
-  getBlob(id: string): Buffer | undefined {
-    this.checkOpen('get block');
+  /** A read of the small_blocks table (no queue needed: no txn writes it), errors as FsError. */
+  private blobRead<T>(what: string, fn: () => T): T {
+    this.checkOpen(what);
     try {
-      return this.stmt.blobGet.get(id)?.data;
+      return fn();
     } catch (err) {
-      throw sqliteError(err, 'sqlite get block');
+      throw sqliteError(err, `sqlite ${what}`);
     }
   }
 
+  getBlob(id: string): Buffer | undefined {
+    return this.blobRead('get block', () => this.stmt.blobGet.get(id)?.data);
+  }
+
   blobSize(id: string): number | undefined {
-    this.checkOpen('block size');
-    try {
-      return this.stmt.blobSize.get(id)?.n;
-    } catch (err) {
-      throw sqliteError(err, 'sqlite block size');
-    }
+    return this.blobRead('block size', () => this.stmt.blobSize.get(id)?.n);
   }
 
   /** Deletes the rows of `ids`; resolves to those that were there. */
@@ -509,22 +509,14 @@ export class SqliteKv implements KvEngine {
 
   /** Up to `limit` ids after `after` (''), in id order. */
   listBlobs(after: string, limit: number): string[] {
-    this.checkOpen('list blocks');
-    try {
-      return this.stmt.blobList.all(after, limit).map((r) => r.id);
-    } catch (err) {
-      throw sqliteError(err, 'sqlite list blocks');
-    }
+    return this.blobRead('list blocks', () => this.stmt.blobList.all(after, limit).map((r) => r.id));
   }
 
   blobUsage(): { blocks: number; bytes: number } {
-    this.checkOpen('block usage');
-    try {
+    return this.blobRead('block usage', () => {
       const r = this.stmt.blobUsage.get();
       return { blocks: r?.blocks ?? 0, bytes: r?.bytes ?? 0 };
-    } catch (err) {
-      throw sqliteError(err, 'sqlite block usage');
-    }
+    });
   }
 
   /**
