@@ -232,19 +232,8 @@ export class FileBlocks implements BlockStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (data.length <= SMALL_PUT && this.small) {
-      // putBlob may wait for a running txn: get() answers from `writing` meanwhile.
-      this.writing.set(id, data);
-      const work = this.small.putBlob(id, data).then(
-        () => undefined,
-        (err: unknown) => Promise.reject(fsError(err, `put ${id}`)),
-      );
-      this.inFlight.add(work);
-      return work.finally(() => {
-        this.inFlight.delete(work);
-        if (this.writing.get(id) === data) this.writing.delete(id);
-      });
-    }
+    const small = this.small;
+    if (small && data.length <= SMALL_PUT) return this.inBackground(id, data, () => small.putBlob(id, data));
     if (data.length <= SMALL_PUT) {
       try {
         this.writeNow(id, data);
@@ -253,37 +242,45 @@ export class FileBlocks implements BlockStore {
         return Promise.reject(fsError(err, `put ${id}`));
       }
     }
-    const work = this.write(id, data);
+    return this.inBackground(id, data, () => this.write(id, data));
+  }
+
+  /**
+   * Runs a put that waits (for the thread pool, or for meta.db's txn queue): get() answers from
+   * `writing` meanwhile, and close() waits for it.
+   */
+  private inBackground(id: string, data: Buffer, put: () => Promise<void>): Promise<void> {
+    this.writing.set(id, data);
+    const work = put().then(
+      () => undefined,
+      (err: unknown) => Promise.reject(fsError(err, `put ${id}`)),
+    );
     this.inFlight.add(work);
-    return work.finally(() => this.inFlight.delete(work));
+    return work.finally(() => {
+      this.inFlight.delete(work);
+      if (this.writing.get(id) === data) this.writing.delete(id);
+    });
   }
 
   private async write(id: string, data: Buffer): Promise<void> {
     const { dir, file } = this.pathOf(id);
-    this.writing.set(id, data);
+    let fh: fsp.FileHandle;
     try {
-      let fh: fsp.FileHandle;
-      try {
-        fh = await fsp.open(file, 'w');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-        // A fan-out directory removed by hand: make it again (and durable).
-        await fsp.mkdir(dir, { recursive: true });
-        await syncPath(this.root);
-        fh = await fsp.open(file, 'w');
-      }
-      try {
-        await fh.writeFile(data);
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      await this.dirSync(dir).sync();
+      fh = await fsp.open(file, 'w');
     } catch (err) {
-      throw fsError(err, `put ${id}`);
-    } finally {
-      if (this.writing.get(id) === data) this.writing.delete(id);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      // A fan-out directory removed by hand: make it again (and durable).
+      await fsp.mkdir(dir, { recursive: true });
+      await syncPath(this.root);
+      fh = await fsp.open(file, 'w');
     }
+    try {
+      await fh.writeFile(data);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await this.dirSync(dir).sync();
   }
 
   /** A small put, with synchronous calls (see SMALL_PUT). */
