@@ -52,6 +52,22 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.size('missing'), undefined);
   });
 
+  test('blocks: getRange (where a store has it) returns the range, fewer bytes at the end, undefined when missing', async (t) => {
+    const store = await open(t);
+    if (!store.getRange) return t.pass('this store has no getRange()');
+    // A large block (a file on the file store) and a small one (a meta.db row there).
+    for (const size of [300_000, 5000]) {
+      const data = randomBytes(size);
+      await store.put(`r${size}`, data);
+      t.true((await store.getRange(`r${size}`, 0, 4096))!.equals(data.subarray(0, 4096)), `${size}: head`);
+      t.true((await store.getRange(`r${size}`, 1234, 777))!.equals(data.subarray(1234, 2011)), `${size}: middle`);
+      t.true((await store.getRange(`r${size}`, size - 100, 4096))!.equals(data.subarray(size - 100)), `${size}: cut at the end`);
+      const past = await store.getRange(`r${size}`, size + 10, 100);
+      t.true(past === undefined || past.length === 0, `${size}: past the end`);
+    }
+    t.is(await store.getRange('no-such-block', 0, 100), undefined);
+  });
+
   test('blocks: a missing id reads as undefined', async (t) => {
     const store = await open(t);
     t.is(await store.get('no-such-block'), undefined);
