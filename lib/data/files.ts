@@ -312,30 +312,16 @@ export class FileBlocks implements BlockStore {
 
   async get(id: string): Promise<Buffer | undefined> {
     this.check('get');
-    const pending = this.writing.get(id);
-    if (pending) return pending;
-    const small = this.small?.getBlob(id);
-    if (small) return small;
-    try {
-      return await readWholeFile(this.pathOf(id).file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw fsError(err, `get ${id}`);
-    }
+    return this.inMemory(id) ?? this.fromFile(id, 'get', readWholeFile);
   }
 
   /** Part of a block (random reads of large blocks): one open and one read, not the whole file. */
   async getRange(id: string, offset: number, length: number): Promise<Buffer | undefined> {
     this.check('get');
-    const whole = this.writing.get(id) ?? this.small?.getBlob(id);
+    const whole = this.inMemory(id);
     if (whole) return whole.length > offset ? whole.subarray(offset, offset + length) : undefined;
     if (length <= 0) return undefined;
-    try {
-      return await readFileRange(this.pathOf(id).file, offset, length);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw fsError(err, `get ${id}`);
-    }
+    return this.fromFile(id, 'get', (file) => readFileRange(file, offset, length));
   }
 
   async size(id: string): Promise<number | undefined> {
@@ -344,11 +330,21 @@ export class FileBlocks implements BlockStore {
     if (pending) return pending.length;
     const small = this.small?.blobSize(id);
     if (small !== undefined) return small;
+    return this.fromFile(id, 'size', async (file) => (await fsp.stat(file)).size);
+  }
+
+  /** A block still being written, or one kept as a meta.db row. */
+  private inMemory(id: string): Buffer | undefined {
+    return this.writing.get(id) ?? this.small?.getBlob(id);
+  }
+
+  /** `read` of the block's file: undefined when there is none, other failures as FsError. */
+  private async fromFile<T>(id: string, what: string, read: (file: string) => Promise<T>): Promise<T | undefined> {
     try {
-      return (await fsp.stat(this.pathOf(id).file)).size;
+      return await read(this.pathOf(id).file);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw fsError(err, `size ${id}`);
+      throw fsError(err, `${what} ${id}`);
     }
   }
 
@@ -451,34 +447,37 @@ const readAsync = promisify(fs.read);
  * need no disk I/O, so they run on the event loop.
  */
 async function readWholeFile(file: string): Promise<Buffer> {
+  return withFd(file, async (fd) => {
+    const buf = Buffer.allocUnsafe(fs.fstatSync(fd).size);
+    return buf.subarray(0, await readFully(fd, buf, 0)); // shorter only if it shrank under us
+  });
+}
+
+/** Up to `length` bytes from `offset` (fewer at the end of the file, undefined past it). */
+async function readFileRange(file: string, offset: number, length: number): Promise<Buffer | undefined> {
+  return withFd(file, async (fd) => {
+    const buf = Buffer.allocUnsafe(length);
+    const n = await readFully(fd, buf, offset);
+    return n > 0 ? buf.subarray(0, n) : undefined;
+  });
+}
+
+async function withFd<T>(file: string, use: (fd: number) => Promise<T>): Promise<T> {
   const fd = await openAsync(file, 'r');
   try {
-    const size = fs.fstatSync(fd).size;
-    const buf = Buffer.allocUnsafe(size);
-    for (let done = 0; done < size; ) {
-      const { bytesRead } = await readAsync(fd, buf, done, size - done, done);
-      if (bytesRead === 0) return buf.subarray(0, done); // shrank under us
-      done += bytesRead;
-    }
-    return buf;
+    return await use(fd);
   } finally {
     fs.closeSync(fd);
   }
 }
 
-/** Up to `length` bytes from `offset` (fewer at the end of the file, undefined past it). */
-async function readFileRange(file: string, offset: number, length: number): Promise<Buffer | undefined> {
-  const fd = await openAsync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(length);
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await readAsync(fd, buf, done, length - done, offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return done > 0 ? buf.subarray(0, done) : undefined;
-  } finally {
-    fs.closeSync(fd);
+/** Fills `buf` from `position` on, until it is full or the file ends; the bytes read. */
+async function readFully(fd: number, buf: Buffer, position: number): Promise<number> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await readAsync(fd, buf, done, buf.length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
   }
+  return done;
 }
