@@ -312,7 +312,19 @@ export class FileBlocks implements BlockStore {
 
   async get(id: string): Promise<Buffer | undefined> {
     this.check('get');
-    return this.inMemory(id) ?? this.fromFile(id, 'get', readWholeFile);
+    return this.inMemory(id) ?? this.fromFile(id, 'get', (file) => readWholeFile(file, Buffer.allocUnsafe));
+  }
+
+  /** get() into the caller's buffer: the file is read straight into it (see BlockStore.getInto). */
+  async getInto(id: string, alloc: (size: number) => Buffer): Promise<Buffer | undefined> {
+    this.check('get');
+    const held = this.inMemory(id);
+    if (held) {
+      const into = alloc(held.length);
+      held.copy(into);
+      return into;
+    }
+    return this.fromFile(id, 'get', (file) => readWholeFile(file, alloc));
   }
 
   /** Part of a block (random reads of large blocks): one open and one read, not the whole file. */
@@ -446,9 +458,9 @@ const readAsync = promisify(fs.read);
  * takes four or five (open, fstat, reads of 512 KiB, close): fstat and close of an open file
  * need no disk I/O, so they run on the event loop.
  */
-async function readWholeFile(file: string): Promise<Buffer> {
+async function readWholeFile(file: string, alloc: (size: number) => Buffer): Promise<Buffer> {
   return withFd(file, async (fd) => {
-    const buf = Buffer.allocUnsafe(fs.fstatSync(fd).size);
+    const buf = alloc(fs.fstatSync(fd).size);
     return buf.subarray(0, await readFully(fd, buf, 0)); // shorter only if it shrank under us
   });
 }

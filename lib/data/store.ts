@@ -22,6 +22,14 @@ export interface BlockStore {
    */
   getRange?(id: string, offset: number, length: number): Promise<Buffer | undefined>;
   /**
+   * Optional: get() into memory the caller provides. `alloc(size)` is called once with the
+   * block's size and returns a buffer of exactly that size, which the store fills; resolves to it
+   * (a shorter view if the block turned out shorter), or undefined if no such block exists. Lets
+   * the block cache read straight into its pool buffers instead of copying every block once
+   * more. Stores whose replies arrive in their own buffers leave it out.
+   */
+  getInto?(id: string, alloc: (size: number) => Buffer): Promise<Buffer | undefined>;
+  /**
    * Optional: the size of a block's data without reading it for the caller (gc measuring blocks
    * it may delete), undefined if no such block exists. Stores that transform blocks (encryption)
    * provide it so that it works without a key and for blocks that would not decrypt.

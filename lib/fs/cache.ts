@@ -47,6 +47,8 @@ export class BlockCache {
   }
 
   get(store: BlockStore, id: number): Promise<Buffer | undefined> {
+    // A store that can read into our memory fills a pool buffer directly: no copy below.
+    if (store.getInto) return this.load(id, () => store.getInto!(String(id), (size) => this.pool.take(size)));
     return this.load(id, async () => {
       const data = await store.get(String(id));
       if (!data) return undefined;

@@ -99,12 +99,20 @@ class DirtyBlock {
 /** Serializes async critical sections (a tiny mutex). */
 class Lock {
   private tail: Promise<void> = Promise.resolve();
+  /** Sections queued or running. */
+  private held = 0;
+
+  /** True when no section is queued or running: the caller may act at once, synchronously. */
+  get idle(): boolean {
+    return this.held === 0;
+  }
 
   run<T>(fn: () => Promise<T>): Promise<T> {
+    this.held++;
     const result = this.tail.then(fn);
     this.tail = result.then(
-      () => undefined,
-      () => undefined,
+      () => void this.held--,
+      () => void this.held--,
     );
     return result;
   }
@@ -258,9 +266,11 @@ export class OpenFile {
 
   /**
    * Reads up to `length` bytes at `position`. With `into` (the kernel request's reply buffer), the
-   * bytes are placed there and a view of it is returned, saving an allocation and a copy.
+   * bytes are placed there and a view of it is returned, saving an allocation and a copy. When
+   * every block is at hand (dirty, cached, or a hole: most reads of a stream with readahead) the
+   * result is returned synchronously, without a promise.
    */
-  async read(position: number, length: number, into?: Buffer): Promise<Buffer> {
+  read(position: number, length: number, into?: Buffer): Buffer | Promise<Buffer> {
     if (position >= this.size || length <= 0) return Buffer.alloc(0);
     const end = Math.min(this.size, position + length);
     // Not zero-filled: every byte is either copied from a block below or zeroed there (holes,
@@ -299,8 +309,7 @@ export class OpenFile {
       else if (inPieces) (pending ??= []).push(this.readPieces(index, from - blockStart, to - blockStart, out.subarray(from - position, to - position)));
       else (pending ??= []).push(this.blockContent(index).then(place));
     }
-    if (pending) await Promise.all(pending);
-    return out;
+    return pending ? Promise.all(pending).then(() => out) : out;
   }
 
   /**
@@ -345,65 +354,114 @@ export class OpenFile {
     return this.committedBlock(index);
   }
 
-  /** Copies `data` into dirty blocks before it resolves (the caller may reuse the buffer then). */
-  async write(position: number, data: Buffer): Promise<number> {
+  /**
+   * Copies `data` into dirty blocks before it returns or resolves (the caller may reuse the
+   * buffer then). Most writes of a stream or a small file need no waiting (room in the dirty
+   * budget, no other write of this file in progress, no committed block to read first): those
+   * are done synchronously and return the byte count, without a promise. Each FUSE write waits
+   * for its answer before the kernel sends the next, so this time is on the writer's path.
+   */
+  write(position: number, data: Buffer): number | Promise<number> {
     if (this.poisoned) throw this.poisoned;
-    await this.options.budget.wait();
-    await this.writeLock.run(async () => {
-      const bs = this.blockSize;
-      let offset = 0;
-      while (offset < data.length) {
-        const at = position + offset;
-        const index = Math.floor(at / bs);
-        const inBlock = at % bs;
-        const n = Math.min(bs - inBlock, data.length - offset);
-        let block = this.dirty.get(index);
-        if (!block) {
-          const whole = inBlock === 0 && n === bs;
-          // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
-          const validInBlock = Math.max(0, this.size - index * bs);
-          // Files past their first block are being streamed: take a whole block at once. A block
-          // with committed bytes (an append after fsync) starts at the size it needs and grows
-          // geometrically: a whole block per fsynced append was 1 MiB of garbage each time.
-          const capacity =
-            validInBlock === 0 && (index > 0 || inBlock + n >= 128 * 1024) ? bs : Math.min(bs, Math.max(validInBlock, inBlock + n));
-          const inFlight = this.committing?.get(index);
-          if (inFlight) block = inFlight.copy(capacity);
-          else {
-            // A block wholly overwritten, or entirely past the end (a new file, an append at a block
-            // boundary), keeps nothing of its committed content: no need to read it.
-            const keepsNothing = whole || validInBlock === 0;
-            const base = keepsNothing ? Buffer.alloc(0) : ((await this.committedBlock(index)) ?? Buffer.alloc(0));
-            block = new DirtyBlock(base, capacity, bs, this.options.budget, this.cache.pool);
-          }
-          if (this.dirty.size === 0) this.dirtySince = Date.now();
-          if (block.len > validInBlock) block.len = validInBlock;
-          this.dirty.set(index, block);
-        }
-        block.write(inBlock, data.subarray(offset, offset + n));
-        offset += n;
-      }
-      this.size = Math.max(this.size, position + data.length);
-      this.pendingMtime = nowNs();
-    });
-    if (!this.options.writeback) {
-      await this.commit();
-      return data.length;
+    if (this.options.writeback && this.writeLock.idle && this.options.budget.used < this.options.budget.limit && this.basesNeeded(position, data.length).length === 0) {
+      this.place(position, data, new Map());
+      return this.afterWrite(data.length);
     }
-    if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
-      // Keep at most one commit in flight per file: a writer that outruns the store waits here.
-      if (this.commitDone) await this.commitDone;
-      if (this.dirty.size * this.blockSize >= this.options.commitThreshold) {
-        // A failed background commit puts its blocks back into dirty: the next flush retries them
-        // and reports the error if it fails again, so nothing is lost silently.
-        this.commitDone = backgroundScope.runInAsyncScope(() => this.commit()).catch(() => undefined);
-      }
-    }
-    return data.length;
+    return this.writeWaiting(position, data);
   }
 
-  /** Commits everything written so far (including blocks a failed background commit gave back). */
-  flush(): Promise<void> {
+  private async writeWaiting(position: number, data: Buffer): Promise<number> {
+    await this.options.budget.wait();
+    await this.writeLock.run(async () => {
+      // Committed content of partly overwritten blocks, read before anything changes.
+      const bases = new Map<number, Buffer>();
+      for (const index of this.basesNeeded(position, data.length)) bases.set(index, (await this.committedBlock(index)) ?? Buffer.alloc(0));
+      this.place(position, data, bases);
+    });
+    return this.afterWrite(data.length);
+  }
+
+  /** The blocks a write must read from the store first: partly overwritten, holding committed bytes, not in memory. */
+  private basesNeeded(position: number, length: number): number[] {
+    const bs = this.blockSize;
+    const needed: number[] = [];
+    for (let at = position; at < position + length; ) {
+      const index = Math.floor(at / bs);
+      const inBlock = at % bs;
+      const n = Math.min(bs - inBlock, position + length - at);
+      // A block wholly overwritten, or entirely past the end (a new file, an append at a block
+      // boundary), keeps nothing of its committed content.
+      const keepsNothing = (inBlock === 0 && n === bs) || this.size <= index * bs;
+      if (!keepsNothing && !this.dirty.has(index) && !this.committing?.has(index)) needed.push(index);
+      at += n;
+    }
+    return needed;
+  }
+
+  /** Copies `data` into dirty blocks; `bases` holds the committed content basesNeeded() named. */
+  private place(position: number, data: Buffer, bases: Map<number, Buffer>): void {
+    const bs = this.blockSize;
+    let offset = 0;
+    while (offset < data.length) {
+      const at = position + offset;
+      const index = Math.floor(at / bs);
+      const inBlock = at % bs;
+      const n = Math.min(bs - inBlock, data.length - offset);
+      let block = this.dirty.get(index);
+      if (!block) {
+        // Bytes past the file's end in the base block were cut off by a truncate: they read as zeros.
+        const validInBlock = Math.max(0, this.size - index * bs);
+        // Files past their first block are being streamed: take a whole block at once. A block
+        // with committed bytes (an append after fsync) starts at the size it needs and grows
+        // geometrically: a whole block per fsynced append was 1 MiB of garbage each time.
+        const capacity =
+          validInBlock === 0 && (index > 0 || inBlock + n >= 128 * 1024) ? bs : Math.min(bs, Math.max(validInBlock, inBlock + n));
+        const inFlight = this.committing?.get(index);
+        if (inFlight) block = inFlight.copy(capacity);
+        else block = new DirtyBlock(bases.get(index) ?? Buffer.alloc(0), capacity, bs, this.options.budget, this.cache.pool);
+        if (this.dirty.size === 0) this.dirtySince = Date.now();
+        if (block.len > validInBlock) block.len = validInBlock;
+        this.dirty.set(index, block);
+      }
+      block.write(inBlock, data.subarray(offset, offset + n));
+      offset += n;
+    }
+    this.size = Math.max(this.size, position + data.length);
+    this.pendingMtime = nowNs();
+  }
+
+  /** After a write is placed: commit it (--writeback off), or start a background commit past the threshold. */
+  private afterWrite(written: number): number | Promise<number> {
+    if (!this.options.writeback) return this.commit().then(() => written);
+    if (this.dirty.size * this.blockSize < this.options.commitThreshold) return written;
+    // Keep at most one commit in flight per file: a writer that outruns the store waits here.
+    const running = this.commitDone;
+    if (running) return running.then(() => (this.commitIfDue(), written));
+    this.commitIfDue();
+    return written;
+  }
+
+  private commitIfDue(): void {
+    // Writers that waited for the same commit start one more between them, not one each.
+    if (this.commitDone || this.dirty.size * this.blockSize < this.options.commitThreshold) return;
+    // A failed background commit puts its blocks back into dirty: the next flush retries them
+    // and reports the error if it fails again, so nothing is lost silently.
+    const done: Promise<void> = backgroundScope
+      .runInAsyncScope(() => this.commit())
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.commitDone === done) this.commitDone = undefined;
+      });
+    this.commitDone = done;
+  }
+
+  /**
+   * Commits everything written so far (including blocks a failed background commit gave back).
+   * Returns nothing, synchronously, when there is nothing to commit and no commit in progress.
+   */
+  flush(): void | Promise<void> {
+    if (this.poisoned) throw this.poisoned;
+    if (!this.hasPendingWrites && this.commitLock.idle) return;
     return this.commit();
   }
 

@@ -174,6 +174,26 @@ export class Filesystem {
     return ino;
   }
 
+  /** The inode a path names, if every name on it is cached; no checks, no waiting. */
+  private resolveCached(path: string): number | undefined {
+    const now = Date.now();
+    let ino = ROOT_INO;
+    for (const name of splitPath(path)) {
+      const cached = this.entries.get(this.entryKey(ino, name));
+      if (!cached || cached.expires <= now) return undefined;
+      ino = cached.value.ino;
+    }
+    return ino;
+  }
+
+  /** attrOf() when the attributes are cached, else undefined. */
+  private attrCached(ino: number): Attr | undefined {
+    const cached = this.attrs.get(ino);
+    if (!cached || cached.expires <= Date.now()) return undefined;
+    const file = this.files.get(ino);
+    return file ? file.overlay(cached.value) : cached.value;
+  }
+
   /** Committed attributes (cached for attrCacheMs), with this mount's unflushed writes on top. */
   private async attrOf(ino: number): Promise<Attr> {
     const cached = this.attrs.get(ino);
@@ -188,7 +208,17 @@ export class Filesystem {
 
   // ---- attributes ----------------------------------------------------------------------
 
-  async getattr(path: string): Promise<Attr> {
+  /**
+   * The attributes of `path`. Answered synchronously when every name on the path and the inode's
+   * attributes are cached (the kernel asks several times per file operation).
+   */
+  getattr(path: string): Attr | Promise<Attr> {
+    const ino = this.resolveCached(path);
+    const attr = ino === undefined ? undefined : this.attrCached(ino);
+    return attr ?? this.getattrWaiting(path);
+  }
+
+  private async getattrWaiting(path: string): Promise<Attr> {
     const parts = splitPath(path);
     const name = parts.pop();
     if (name === undefined) return this.attrOf(ROOT_INO);
@@ -209,9 +239,10 @@ export class Filesystem {
     return this.attrOf((await this.lookup(parent, name)).ino);
   }
 
-  async fgetattr(path: string, fh: number): Promise<Attr> {
+  fgetattr(path: string, fh: number): Attr | Promise<Attr> {
     const handle = this.handles.get(fh);
-    return this.attrOf(handle ? handle.ino : await this.resolve(path));
+    if (!handle) return this.resolve(path).then((ino) => this.attrOf(ino));
+    return this.attrCached(handle.ino) ?? this.attrOf(handle.ino);
   }
 
   /** Runs a metadata change of one inode after committing its pending writes (so a later commit
@@ -567,7 +598,13 @@ export class Filesystem {
   /** Unlocks; first commits the file's pending writes unless the inode is claimed (then sharing the claim commits them). */
   private async commitThenUnlock(handle: Handle, unlock: () => Promise<unknown>): Promise<void> {
     let failed: unknown;
-    if (this.locks.holdsAny(handle.ino) && !this.locks.claimed(handle.ino)) await handle.file.flush().catch((err: unknown) => (failed = err));
+    if (this.locks.holdsAny(handle.ino) && !this.locks.claimed(handle.ino)) {
+      try {
+        await handle.file.flush();
+      } catch (err) {
+        failed = err;
+      }
+    }
     await unlock();
     if (failed) throw failed;
   }
@@ -578,10 +615,10 @@ export class Filesystem {
     handle.file.revalidate(await this.attrOf(handle.ino));
   }
 
-  /** `into`: a buffer to read into (see OpenFile.read). */
-  async read(fh: number, length: number, position: number, into?: Buffer): Promise<Buffer> {
+  /** `into`: a buffer to read into (see OpenFile.read); a Buffer when read without waiting. */
+  read(fh: number, length: number, position: number, into?: Buffer): Buffer | Promise<Buffer> {
     const handle = this.handle(fh);
-    if (!handle.atimeChecked) await this.touchAtime(handle);
+    if (!handle.atimeChecked) return this.touchAtime(handle).then(() => handle.file.read(position, length, into));
     return handle.file.read(position, length, into);
   }
 
@@ -604,7 +641,8 @@ export class Filesystem {
     }
   }
 
-  async write(fh: number, data: Buffer, position: number): Promise<number> {
+  /** A number when the write was done without waiting (see OpenFile.write); throws FsError. */
+  write(fh: number, data: Buffer, position: number): number | Promise<number> {
     this.writable();
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === 0) throw new FsError('EBADF');
@@ -630,9 +668,9 @@ export class Filesystem {
   }
 
   /** close(2) of a descriptor: commit, so the next open anywhere sees the data (close-to-open). */
-  async flush(fh: number): Promise<void> {
+  flush(fh: number): void | Promise<void> {
     const handle = this.handles.get(fh);
-    if (handle) await handle.file.flush();
+    if (handle) return handle.file.flush();
   }
 
   async fsync(fh: number): Promise<void> {
@@ -646,20 +684,28 @@ export class Filesystem {
     await this.meta.kv.sync?.();
   }
 
-  async release(fh: number): Promise<void> {
+  /** The last close of a handle: commit what it wrote, then forget the file if nothing else holds it. */
+  release(fh: number): void | Promise<void> {
     const handle = this.handles.get(fh);
     if (!handle) return;
     this.handles.delete(fh);
     const file = handle.file;
     file.handles -= 1;
-    try {
-      await file.flush();
-    } finally {
+    const forget = (): void => {
       if (file.handles === 0 && !file.hasPendingWrites) {
         this.files.delete(handle.ino);
         if (file.orphaned) this.releaseOrphan(handle.ino);
       }
+    };
+    let flushed: void | Promise<void>;
+    try {
+      flushed = file.flush();
+    } catch (err) {
+      forget();
+      throw err;
     }
+    if (!flushed) return forget();
+    return flushed.finally(forget);
   }
 
   // ---- extended attributes -------------------------------------------------------------------
@@ -681,7 +727,16 @@ export class Filesystem {
     this.attrs.delete(ino);
   }
 
-  async getxattr(path: string, name: string): Promise<Buffer> {
+  getxattr(path: string, name: string): Buffer | Promise<Buffer> {
+    // The kernel asks for security.capability before every write(2): answered at once when the
+    // path and the inode's names are cached and the name is absent.
+    const ino = this.resolveCached(path);
+    const names = ino === undefined ? undefined : this.xattrNames.get(ino);
+    if (names && names.expires > Date.now() && !names.value.has(name)) throw new FsError('ENODATA', name);
+    return this.getxattrWaiting(path, name);
+  }
+
+  private async getxattrWaiting(path: string, name: string): Promise<Buffer> {
     const ino = await this.resolve(path);
     if (name.startsWith('system.')) throw new FsError('ENODATA');
     // The kernel asks for security.capability before every write; answer absent names from the
@@ -728,7 +783,8 @@ export class Filesystem {
 
   /** Commits every open file's pending writes (shutdown, sync). */
   async flushAll(): Promise<void> {
-    await Promise.all([...this.files.values()].map((f) => f.flush()));
+    // async: a file that throws at once (poisoned) must not keep the others from flushing.
+    await Promise.all([...this.files.values()].map(async (f) => f.flush()));
   }
 
   /** Flushes, then waits for background reclaims. */

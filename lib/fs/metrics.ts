@@ -33,28 +33,47 @@ export class Metrics {
   private readonly background = emptyTimes();
   readonly startedAt = Date.now();
 
-  /** Runs one operation, attributing the backend waits inside it to `op`. */
-  async run<T>(op: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs one operation, attributing the backend waits inside it to `op`. An operation that
+   * returns a plain value (done without waiting) is recorded at once and stays synchronous.
+   */
+  run<T>(op: string, fn: () => T | Promise<T>): T | Promise<T> {
     const current: Current = { metaMs: 0, dataMs: 0, ended: false };
     const start = performance.now();
-    let failed = false;
+    let result: T | Promise<T>;
     try {
-      return await this.current.run(current, fn);
+      result = this.current.run(current, fn);
     } catch (err) {
-      failed = true;
+      this.record(op, current, start, true);
       throw err;
-    } finally {
-      current.ended = true;
-      const times = this.ops.get(op) ?? emptyTimes();
-      const total = performance.now() - start;
-      times.count++;
-      if (failed) times.errors++;
-      times.totalMs += total;
-      // Concurrent backend calls inside one operation can add up to more than its duration.
-      times.metaMs += Math.min(current.metaMs, total);
-      times.dataMs += Math.min(current.dataMs, Math.max(0, total - Math.min(current.metaMs, total)));
-      this.ops.set(op, times);
     }
+    if (!(result instanceof Promise)) {
+      this.record(op, current, start, false);
+      return result;
+    }
+    return result.then(
+      (value) => {
+        this.record(op, current, start, false);
+        return value;
+      },
+      (err: unknown) => {
+        this.record(op, current, start, true);
+        throw err;
+      },
+    );
+  }
+
+  private record(op: string, current: Current, start: number, failed: boolean): void {
+    current.ended = true;
+    const times = this.ops.get(op) ?? emptyTimes();
+    const total = performance.now() - start;
+    times.count++;
+    if (failed) times.errors++;
+    times.totalMs += total;
+    // Concurrent backend calls inside one operation can add up to more than its duration.
+    times.metaMs += Math.min(current.metaMs, total);
+    times.dataMs += Math.min(current.dataMs, Math.max(0, total - Math.min(current.metaMs, total)));
+    this.ops.set(op, times);
   }
 
   private async timed<T>(kind: 'metaMs' | 'dataMs', fn: () => Promise<T>): Promise<T> {
@@ -95,6 +114,7 @@ export class Metrics {
       put: (id, data) => timed(() => store.put(id, data)),
       get: (id) => timed(() => store.get(id)),
       ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => timed(() => store.getRange!(id, offset, length)) } : {}),
+      ...(store.getInto ? { getInto: (id: string, alloc: (size: number) => Buffer) => timed(() => store.getInto!(id, alloc)) } : {}),
       ...(store.size ? { size: (id: string) => timed(() => store.size!(id)) } : {}),
       delete: (ids) => timed(() => store.delete(ids)),
       list: (onBatch) => store.list(onBatch),

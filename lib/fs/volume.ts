@@ -188,6 +188,7 @@ function deleteAfterSync(store: BlockStore, sync: () => Promise<void>): BlockSto
     // Every optional method passes through, or the layers above lose it (random reads fell back
     // to whole blocks on embedded metadata with Redis data when getRange was missing here).
     ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => store.getRange!(id, offset, length) } : {}),
+    ...(store.getInto ? { getInto: (id: string, alloc: (size: number) => Buffer) => store.getInto!(id, alloc) } : {}),
     ...(store.size ? { size: (id: string) => store.size!(id) } : {}),
     delete: async (ids) => {
       await sync();

@@ -112,20 +112,31 @@ export function toStat(attr: Attr): FuseStat {
  * dispatched; it must be called synchronously at the start of a handler (see patches/README.md).
  */
 export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObserver, metrics?: Metrics): FuseOps {
-  /** Runs an async fs call and answers the kernel: 0 and the result, or -errno. */
-  function answer<T>(op: string, work: () => Promise<T>, reply: (code: number, value?: T) => void): void {
+  /**
+   * Runs an fs call and answers the kernel: 0 and the result, or -errno. A call that returns a
+   * plain value (done without waiting) is answered at once, without a trip through the
+   * microtask queue.
+   */
+  function answer<T>(op: string, work: () => T | Promise<T>, reply: (code: number, value?: T) => void): void {
     const start = performance.now();
-    (metrics ? metrics.run(op, work) : work()).then(
-      (value) => {
-        observe?.(op, 0, performance.now() - start);
-        reply(0, value);
-      },
-      (err: unknown) => {
-        const errno = errnoOf(err);
-        observe?.(op, errno, performance.now() - start);
-        reply(-errno);
-      },
-    );
+    const succeed = (value: T): void => {
+      observe?.(op, 0, performance.now() - start);
+      reply(0, value);
+    };
+    const fail = (err: unknown): void => {
+      const errno = errnoOf(err);
+      observe?.(op, errno, performance.now() - start);
+      reply(-errno);
+    };
+    let result: T | Promise<T>;
+    try {
+      result = metrics ? metrics.run(op, work) : work();
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (result instanceof Promise) result.then(succeed, fail);
+    else succeed(result);
   }
   const done = (cb: Cb) => (code: number) => cb(code);
 

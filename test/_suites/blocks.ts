@@ -68,6 +68,28 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.getRange('no-such-block', 0, 100), undefined);
   });
 
+  test('blocks: getInto (where a store has it) fills the buffer it asked for, undefined when missing', async (t) => {
+    const store = await open(t);
+    if (!store.getInto) return t.pass('this store has no getInto()');
+    // A large block (a file on the file store) and a small one (a meta.db row there).
+    for (const size of [300_000, 5000]) {
+      const data = randomBytes(size);
+      await store.put(`i${size}`, data);
+      const asked: number[] = [];
+      const given: Buffer[] = [];
+      const got = await store.getInto(`i${size}`, (n) => {
+        asked.push(n);
+        const b = Buffer.alloc(n, 0xee);
+        given.push(b);
+        return b;
+      });
+      t.deepEqual(asked, [size], `${size}: one buffer of the block's size`);
+      t.true(got!.equals(data), `${size}: the block's bytes`);
+      t.is(got!.buffer, given[0].buffer, `${size}: in the buffer it was given`);
+    }
+    t.is(await store.getInto('no-such-block', () => t.fail('no buffer for a missing block') as never), undefined);
+  });
+
   test('blocks: a missing id reads as undefined', async (t) => {
     const store = await open(t);
     t.is(await store.get('no-such-block'), undefined);
