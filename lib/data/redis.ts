@@ -18,6 +18,7 @@ import type { Socket } from 'node:net';
 import Redis, { Command, type RedisOptions } from 'ioredis';
 import { FsError } from '../errors';
 import { StallGate } from '../stall-gate';
+import { BulkGetConnection } from './redis-get';
 import type { BlockStore } from './store';
 
 export interface RedisBlocksOptions {
@@ -131,6 +132,10 @@ export class RedisBlocks implements BlockStore {
   private closed = false;
   /** After a command timed out, fails commands at once until Redis answers a PING again. */
   private readonly gate: StallGate;
+  /** Whole-block GETs into the caller's buffer (lib/data/redis-get.ts), beside the ioredis pool. */
+  private readonly readers: BulkGetConnection[];
+  /** When a reader that was down was last asked to reconnect (ms since epoch). */
+  private lastReconnect = 0;
 
   /** Creates the pool without connecting; use RedisBlocks.open() or call connect(). */
   constructor(options: RedisBlocksOptions) {
@@ -168,6 +173,9 @@ export class RedisBlocks implements BlockStore {
       keepAlive: 30_000,
       retryStrategy: (times) => Math.min(times * 100, 2000),
     };
+    const readerOptions = { host: options.host, port: options.port, username: options.username, password: options.password, db: options.db, timeoutMs };
+    // Over TLS (rediss://) blocks are read through ioredis (see lib/data/redis-get.ts).
+    this.readers = options.tls ? [] : Array.from({ length: n }, () => new BulkGetConnection(readerOptions));
     this.conns = Array.from({ length: n }, () => {
       const conn: Conn = { redis: new Redis(redisOptions), inFlight: 0 };
       // Without a listener ioredis logs every connection error; keep the last one for messages,
@@ -199,6 +207,8 @@ export class RedisBlocks implements BlockStore {
       const why = err instanceof FsError ? err : (this.conns.find((c) => c.lastError)?.lastError ?? err);
       throw redisError(why, `connect to Redis at ${this.address}`);
     }
+    // The block readers are an optimization: where they cannot connect, getInto() uses ioredis.
+    await Promise.all(this.readers.map((r) => r.connect().catch(() => undefined)));
   }
 
   /** new RedisBlocks(options) + connect(). */
@@ -248,6 +258,39 @@ export class RedisBlocks implements BlockStore {
   async get(id: string): Promise<Buffer | undefined> {
     const v = await this.exec('get', (r) => r.getBuffer(this.key(id)));
     return v ?? undefined;
+  }
+
+  /**
+   * GET into the caller's buffer, on the least busy block reader; through ioredis (and one more
+   * copy) while no reader is connected. Reconnects readers that went down, at most once a second.
+   */
+  async getInto(id: string, alloc: (size: number) => Buffer): Promise<Buffer | undefined> {
+    if (this.closed) throw new FsError('EIO', 'redis get: store is closed');
+    let best: BulkGetConnection | undefined;
+    let down = false;
+    for (const r of this.readers) {
+      if (!r.isReady) down = true;
+      else if (!best || r.inFlight < best.inFlight) best = r;
+    }
+    if (down && Date.now() - this.lastReconnect > 1000) {
+      this.lastReconnect = Date.now();
+      for (const r of this.readers) if (!r.isReady) r.connect().catch(() => undefined);
+    }
+    const reader = best;
+    if (!reader) {
+      const v = await this.get(id);
+      if (!v) return undefined;
+      const into = alloc(v.length);
+      v.copy(into);
+      return into;
+    }
+    return this.gate.run('redis get', async () => {
+      try {
+        return await reader.get(this.key(id), alloc);
+      } catch (err) {
+        throw redisError(err, 'redis get');
+      }
+    });
   }
 
   /** GETRANGE. Redis answers '' both for a missing key and past the end: both are undefined. */
@@ -334,6 +377,7 @@ export class RedisBlocks implements BlockStore {
     if (this.closed) return;
     this.closed = true;
     this.gate.close();
+    for (const r of this.readers) r.close();
     await Promise.all(
       this.conns.map(async (c) => {
         if (c.redis.status === 'ready') {
