@@ -90,7 +90,12 @@ test('redis: a paused server gives ETIMEDOUT within the timeout, then fails at o
   await store.put('a', Buffer.from('1'));
   await own.pause();
   try {
-    const ops = [() => store.put('b', Buffer.alloc(1 << 20)), () => store.get('a'), () => store.usage()];
+    const ops = [
+      () => store.put('b', Buffer.alloc(1 << 20)),
+      () => store.get('a'),
+      () => store.getInto('a', (n) => Buffer.alloc(n)),
+      () => store.usage(),
+    ];
     for (const [i, op] of ops.entries()) {
       const { err, ms } = await elapsed(op());
       t.true(err instanceof FsError, String(err));
@@ -106,6 +111,7 @@ test('redis: a paused server gives ETIMEDOUT within the timeout, then fails at o
   await retryUntil(() => store.put('c', Buffer.from('3')), 10_000);
   t.is((await store.get('a'))?.toString(), '1');
   t.is((await store.get('c'))?.toString(), '3');
+  t.is((await store.getInto('c', (n) => Buffer.alloc(n)))?.toString(), '3');
 });
 
 test('redis: a dead server fails requests at once, not after a queue', async (t) => {
@@ -116,11 +122,48 @@ test('redis: a dead server fails requests at once, not after a queue', async (t)
   await store.put('a', Buffer.from('1'));
   await own.stop();
   await new Promise((r) => setTimeout(r, 100));
-  const { err, ms } = await elapsed(store.get('a'));
-  t.true(err instanceof FsError, String(err));
-  t.is((err as FsError).code, 'EIO');
-  t.true((err as FsError).retryable);
-  t.true(ms < 1000, `took ${ms} ms`);
+  for (const op of [() => store.get('a'), () => store.getInto('a', (n) => Buffer.alloc(n))]) {
+    const { err, ms } = await elapsed(op());
+    t.true(err instanceof FsError, String(err));
+    t.is((err as FsError).code, 'EIO');
+    t.true((err as FsError).retryable);
+    t.true(ms < 1000, `took ${ms} ms`);
+  }
+});
+
+test('redis: getInto reads whole blocks with AUTH and SELECT, and again after the server drops every connection', async (t) => {
+  const own = await startRedis();
+  t.teardown(() => own.stop());
+  const admin = new Redis({ port: own.port, host: '127.0.0.1' });
+  t.teardown(() => admin.disconnect());
+  await admin.config('SET', 'requirepass', 's3cret pass');
+  const store = await RedisBlocks.open({ host: '127.0.0.1', port: own.port, password: 's3cret pass', db: 3, prefix: 'g:', timeoutMs: 2000 });
+  t.teardown(() => store.close());
+  const blocks = [0, 1, 5, 65_536, 1 << 20].map((size, i) => Buffer.from(Array.from({ length: size }, (_, j) => (j * 31 + i) & 0xff)));
+  for (const [i, b] of blocks.entries()) await store.put(`b${i}`, b);
+  const readAll = async (): Promise<void> => {
+    const got = await Promise.all(blocks.map((_, i) => store.getInto(`b${i}`, (n) => Buffer.alloc(n, 0xaa))));
+    for (const [i, b] of blocks.entries()) t.true(got[i]!.equals(b), `block ${i} (${b.length} bytes)`);
+    t.is(await store.getInto('missing', () => Buffer.alloc(0)), undefined);
+  };
+  await readAll();
+  // The blocks went to db 3 (SELECT), under the prefix.
+  await admin.auth('s3cret pass');
+  await admin.select(3);
+  // ... and were read by the block readers (unnamed connections on db 3), not by ioredis's pool.
+  const readers = async (): Promise<string[]> =>
+    String(await admin.client('LIST'))
+      .split('\n')
+      .filter((l) => / name= /.test(l) && / db=3 /.test(l) && / cmd=get /.test(l));
+  t.true((await readers()).length >= 1, 'a block reader connection served GETs');
+  t.is((await admin.getBuffer('g:b4'))?.length, 1 << 20);
+  // Every client connection is killed; reads fail or fall back, then work again once reconnected.
+  await admin.client('KILL', 'TYPE', 'normal');
+  await retryUntil(readAll, 10_000);
+  await new Promise((r) => setTimeout(r, 1100)); // past the reconnect interval of the block readers
+  await retryUntil(readAll, 10_000);
+  await admin.auth('s3cret pass'); // the admin connection was killed too (ioredis reconnected it)
+  t.true((await readers()).length >= 1, 'block readers reconnected');
 });
 
 test('redis: persistence() reports appendonly and save', async (t) => {
