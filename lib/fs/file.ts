@@ -373,9 +373,15 @@ export class OpenFile {
   private async writeWaiting(position: number, data: Buffer): Promise<number> {
     await this.options.budget.wait();
     await this.writeLock.run(async () => {
-      // Committed content of partly overwritten blocks, read before anything changes.
+      // Committed content of partly overwritten blocks. Asked again after every read: a block
+      // whose commit finished meanwhile is no longer in memory and needs its base read too.
+      // (Blocks read stay valid: only writes, which wait for this lock, make blocks dirty.)
       const bases = new Map<number, Buffer>();
-      for (const index of this.basesNeeded(position, data.length)) bases.set(index, (await this.committedBlock(index)) ?? Buffer.alloc(0));
+      for (;;) {
+        const needed = this.basesNeeded(position, data.length).filter((index) => !bases.has(index));
+        if (needed.length === 0) break;
+        for (const index of needed) bases.set(index, (await this.committedBlock(index)) ?? Buffer.alloc(0));
+      }
       this.place(position, data, bases);
     });
     return this.afterWrite(data.length);
