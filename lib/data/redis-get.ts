@@ -67,8 +67,16 @@ export class BulkGetConnection {
     return this.queue.length;
   }
 
+  /** A connect() in progress, which a second call joins instead of restarting it. */
+  private connecting: Promise<void> | undefined;
+
   /** Connects and authenticates; rejects (and leaves the connection closed) on failure. */
-  async connect(): Promise<void> {
+  connect(): Promise<void> {
+    this.connecting ??= this.open().finally(() => (this.connecting = undefined));
+    return this.connecting;
+  }
+
+  private async open(): Promise<void> {
     this.close();
     const o = this.options;
     const onread = {
