@@ -34,7 +34,7 @@ import { promisify } from 'node:util';
 import type Database from 'better-sqlite3';
 import { FsError } from '../errors';
 import { bindToVolume, openExclusiveSqlite, sqliteError } from '../meta/sqlite';
-import type { BlockStore } from './store';
+import { copyInto, type BlockStore } from './store';
 
 /** A table in the metadata database that holds small blocks (SqliteKv in lib/meta/sqlite.ts). */
 export interface SmallBlockTable {
@@ -319,11 +319,7 @@ export class FileBlocks implements BlockStore {
   async getInto(id: string, alloc: (size: number) => Buffer): Promise<Buffer | undefined> {
     this.check('get');
     const held = this.inMemory(id);
-    if (held) {
-      const into = alloc(held.length);
-      held.copy(into);
-      return into;
-    }
+    if (held) return copyInto(held, alloc);
     return this.fromFile(id, 'get', (file) => readWholeFile(file, alloc));
   }
 

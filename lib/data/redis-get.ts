@@ -90,12 +90,9 @@ export class BulkGetConnection {
     this.socket = socket;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
+    // A socket error with a code (ECONNREFUSED, ECONNRESET...) is passed on: redisError() maps it.
     const lost = (err?: Error): void => {
-      if (this.socket !== socket) return;
-      this.failAll(err && (err as NodeJS.ErrnoException).code ? err : new Error('Connection is closed'));
-      this.socket = undefined;
-      this.ready = false;
-      socket.destroy();
+      if (this.socket === socket) this.close(err && (err as NodeJS.ErrnoException).code ? err : undefined);
     };
     socket.on('error', lost);
     socket.on('close', () => lost());
@@ -118,11 +115,8 @@ export class BulkGetConnection {
     const socket = this.socket;
     if (!socket) return Promise.reject(new Error('Connection is closed'));
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        // The reply may still come: nothing after it could be matched any more.
-        this.failAll(new Error('Command timed out'));
-        this.close();
-      }, this.options.timeoutMs);
+      // The reply may still come: nothing after it could be matched any more.
+      const timer = setTimeout(() => this.close(new Error('Command timed out')), this.options.timeoutMs);
       this.queue.push({ alloc, resolve, reject, timer });
       socket.write(encodeCommand(args));
     });
@@ -136,26 +130,18 @@ export class BulkGetConnection {
     else p.resolve(value);
   }
 
-  private failAll(err: Error): void {
-    for (const p of this.queue.splice(0)) {
-      clearTimeout(p.timer);
-      p.reject(err);
-    }
-    this.line = '';
-    this.body = undefined;
-    this.inBody = false;
-    this.skip = 0;
-  }
-
   private protocolError(what: string): void {
-    this.failAll(new Error(`Redis protocol error: ${what}`));
-    this.close();
+    this.close(new Error(`Redis protocol error: ${what}`));
   }
 
-  /** Parses `n` bytes of `buf` (reused by the socket after this returns: copy what is kept). */
+  /**
+   * Parses `n` bytes of `buf` (reused by the socket after this returns: copy what is kept). Stops
+   * when a reply closed the connection (a protocol error): the rest belongs to no request.
+   */
   private onData(buf: Buffer, n: number): void {
+    const socket = this.socket;
     let i = 0;
-    while (i < n) {
+    while (i < n && this.socket === socket) {
       if (this.skip > 0) {
         const step = Math.min(this.skip, n - i);
         this.skip -= step;
@@ -185,58 +171,46 @@ export class BulkGetConnection {
         const line = this.line + buf.toString('latin1', i, nl > 0 && buf[nl - 1] === 13 ? nl - 1 : nl);
         this.line = '';
         i = nl + 1;
-        if (!this.onLine(line)) return;
+        this.onLine(line);
       }
     }
   }
 
-  /** Handles one reply header line; false when the connection was closed over it. */
-  private onLine(line: string): boolean {
+  /** Handles one reply header line (a protocol error closes the connection). */
+  private onLine(line: string): void {
     const head = this.queue[0];
-    if (!head) {
-      this.protocolError('a reply nobody asked for');
-      return false;
-    }
+    if (!head) return this.protocolError('a reply nobody asked for');
     const type = line[0];
-    if (type === '-') {
-      this.settle(new Error(line.slice(1)));
-      return true;
-    }
-    if (type === '+' && !head.alloc) {
-      this.settle(undefined);
-      return true;
-    }
-    if (type === '$' && head.alloc) {
-      const size = Number(line.slice(1));
-      if (size === -1) {
-        this.settle(undefined, undefined);
-        return true;
-      }
-      if (!Number.isSafeInteger(size) || size < 0) {
-        this.protocolError(`bad bulk length ${line}`);
-        return false;
-      }
-      this.body = head.alloc(size);
-      if (this.body.length !== size) {
-        this.protocolError(`alloc(${size}) gave ${this.body.length} bytes`);
-        return false;
-      }
-      this.bodyDone = 0;
-      if (size === 0) this.skip = 2;
-      else this.inBody = true;
-      return true;
-    }
-    this.protocolError(`unexpected reply ${JSON.stringify(line.slice(0, 40))}`);
-    return false;
+    if (type === '-') return this.settle(new Error(line.slice(1)));
+    if (type === '+' && !head.alloc) return this.settle(undefined);
+    if (type !== '$' || !head.alloc) return this.protocolError(`unexpected reply ${JSON.stringify(line.slice(0, 40))}`);
+    const size = Number(line.slice(1));
+    if (size === -1) return this.settle(undefined, undefined);
+    if (!Number.isSafeInteger(size) || size < 0) return this.protocolError(`bad bulk length ${line}`);
+    this.body = head.alloc(size);
+    if (this.body.length !== size) return this.protocolError(`alloc(${size}) gave ${this.body.length} bytes`);
+    this.bodyDone = 0;
+    if (size === 0) this.skip = 2;
+    else this.inBody = true;
   }
 
-  /** Closes the connection; requests in flight fail with "Connection is closed". */
-  close(): void {
+  /**
+   * Closes the connection: requests in flight fail with `err` ("Connection is closed" by
+   * default), and the reply parser starts afresh on the next connection.
+   */
+  close(err: Error = new Error('Connection is closed')): void {
     const socket = this.socket;
     if (!socket) return;
     this.socket = undefined;
     this.ready = false;
-    this.failAll(new Error('Connection is closed'));
+    for (const p of this.queue.splice(0)) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.line = '';
+    this.body = undefined;
+    this.inBody = false;
+    this.skip = 0;
     socket.destroy();
   }
 }

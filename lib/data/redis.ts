@@ -19,7 +19,7 @@ import Redis, { Command, type RedisOptions } from 'ioredis';
 import { FsError } from '../errors';
 import { StallGate } from '../stall-gate';
 import { BulkGetConnection } from './redis-get';
-import type { BlockStore } from './store';
+import { copyInto, type BlockStore } from './store';
 
 export interface RedisBlocksOptions {
   host: string;
@@ -279,10 +279,7 @@ export class RedisBlocks implements BlockStore {
     const reader = best;
     if (!reader) {
       const v = await this.get(id);
-      if (!v) return undefined;
-      const into = alloc(v.length);
-      v.copy(into);
-      return into;
+      return v && copyInto(v, alloc);
     }
     return this.gate.run('redis get', async () => {
       try {

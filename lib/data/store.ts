@@ -4,6 +4,13 @@
 // once under a fresh id and never changed; the metadata engine decides which ids a file uses.
 // Every backend must pass the shared conformance suite in test/_suites/blocks.ts.
 
+/** `data` copied into a buffer from `alloc(data.length)`: getInto() for bytes already in memory. */
+export function copyInto(data: Buffer, alloc: (size: number) => Buffer): Buffer {
+  const into = alloc(data.length);
+  data.copy(into);
+  return into;
+}
+
 export interface BlockStore {
   /** Short backend name for messages and status ('redis', 'sqlite'). */
   readonly kind: string;

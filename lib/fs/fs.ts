@@ -87,6 +87,12 @@ function parentAndName(path: string): { parentPath: string; name: string } {
   return { parentPath: '/' + parts.join('/'), name };
 }
 
+/** A cached value that has not expired, else undefined. */
+function fresh<K, T>(cache: Map<K, Cached<T>>, key: K): T | undefined {
+  const cached = cache.get(key);
+  return cached && cached.expires > Date.now() ? cached.value : undefined;
+}
+
 function checkName(name: string): void {
   if (Buffer.byteLength(name) > NAME_MAX) throw new FsError('ENAMETOOLONG', name.slice(0, 32) + '...');
 }
@@ -160,8 +166,8 @@ export class Filesystem {
   }
 
   private async lookup(parent: number, name: string): Promise<Entry> {
-    const cached = this.entries.get(this.entryKey(parent, name));
-    if (cached && cached.expires > Date.now()) return cached.value;
+    const cached = fresh(this.entries, this.entryKey(parent, name));
+    if (cached) return cached;
     checkName(name);
     const entry = await this.meta.lookup(parent, name);
     this.rememberEntry(parent, entry);
@@ -176,30 +182,30 @@ export class Filesystem {
 
   /** The inode a path names, if every name on it is cached; no checks, no waiting. */
   private resolveCached(path: string): number | undefined {
-    const now = Date.now();
     let ino = ROOT_INO;
     for (const name of splitPath(path)) {
-      const cached = this.entries.get(this.entryKey(ino, name));
-      if (!cached || cached.expires <= now) return undefined;
-      ino = cached.value.ino;
+      const cached = fresh(this.entries, this.entryKey(ino, name));
+      if (!cached) return undefined;
+      ino = cached.ino;
     }
     return ino;
   }
 
   /** attrOf() when the attributes are cached, else undefined. */
   private attrCached(ino: number): Attr | undefined {
-    const cached = this.attrs.get(ino);
-    if (!cached || cached.expires <= Date.now()) return undefined;
-    const file = this.files.get(ino);
-    return file ? file.overlay(cached.value) : cached.value;
+    const cached = fresh(this.attrs, ino);
+    return cached && this.withOverlay(cached);
+  }
+
+  /** Committed attributes with this mount's unflushed writes on top. */
+  private withOverlay(attr: Attr): Attr {
+    const file = this.files.get(attr.ino);
+    return file ? file.overlay(attr) : attr;
   }
 
   /** Committed attributes (cached for attrCacheMs), with this mount's unflushed writes on top. */
   private async attrOf(ino: number): Promise<Attr> {
-    const cached = this.attrs.get(ino);
-    const attr = cached && cached.expires > Date.now() ? cached.value : this.rememberAttr(await this.meta.getattr(ino));
-    const file = this.files.get(ino);
-    return file ? file.overlay(attr) : attr;
+    return this.attrCached(ino) ?? this.withOverlay(this.rememberAttr(await this.meta.getattr(ino)));
   }
 
   private writable(): void {
@@ -232,9 +238,7 @@ export class Filesystem {
       checkName(name);
       const { entry, attr } = await this.meta.lookupWithAttr(parent, name, stale.value.ino);
       this.rememberEntry(parent, entry);
-      this.rememberAttr(attr);
-      const file = this.files.get(entry.ino);
-      return file ? file.overlay(attr) : attr;
+      return this.withOverlay(this.rememberAttr(attr));
     }
     return this.attrOf((await this.lookup(parent, name)).ino);
   }
@@ -527,8 +531,7 @@ export class Filesystem {
     else {
       const read = await this.meta.getattrWithChunk(ino, 0);
       firstChunk = read.map;
-      const open = this.files.get(ino);
-      attr = open ? open.overlay(this.rememberAttr(read.attr)) : this.rememberAttr(read.attr);
+      attr = this.withOverlay(this.rememberAttr(read.attr));
     }
     if (attr.type === 'dir') throw new FsError('EISDIR');
     const accessMode = flags & O_ACCMODE;
@@ -731,8 +734,8 @@ export class Filesystem {
     // The kernel asks for security.capability before every write(2): answered at once when the
     // path and the inode's names are cached and the name is absent.
     const ino = this.resolveCached(path);
-    const names = ino === undefined ? undefined : this.xattrNames.get(ino);
-    if (names && names.expires > Date.now() && !names.value.has(name)) throw new FsError('ENODATA', name);
+    const names = ino === undefined ? undefined : fresh(this.xattrNames, ino);
+    if (names && !names.has(name)) throw new FsError('ENODATA', name);
     return this.getxattrWaiting(path, name);
   }
 
@@ -754,8 +757,8 @@ export class Filesystem {
   /** An inode's xattr names, cached for attrCacheMs (undefined when caching is off). */
   private async xattrNamesOf(ino: number): Promise<Set<string> | undefined> {
     if (this.options.attrCacheMs <= 0) return undefined;
-    const cached = this.xattrNames.get(ino);
-    if (cached && cached.expires > Date.now()) return cached.value;
+    const cached = fresh(this.xattrNames, ino);
+    if (cached) return cached;
     const names = new Set(await this.meta.listXattrs(ino));
     this.xattrNames.set(ino, { value: names, expires: Date.now() + this.options.attrCacheMs });
     return names;
