@@ -578,24 +578,28 @@ export class Filesystem {
    * can take one, and a lock granted through the store re-reads the file's attributes and block
    * map, so the next holder on any mount reads what the last one wrote. (A lock granted on an
    * inode this mount has claimed needs neither: no other mount can have held one since.)
+   * A wait (F_SETLKW) ends with EINTR when `interrupted` aborts.
    */
-  async lock(fh: number, cmd: number, lock: RecordLock, owner: bigint): Promise<RecordLock | undefined> {
+  async lock(fh: number, cmd: number, lock: RecordLock, owner: bigint, interrupted?: AbortSignal): Promise<RecordLock | undefined> {
     const handle = this.handle(fh);
     if (cmd === F_GETLK) return (await this.locks.recordLock(handle.ino, cmd, lock, owner)).conflict;
     if (lock.type === F_UNLCK) {
       await this.commitThenUnlock(handle, () => this.locks.recordLock(handle.ino, cmd, lock, owner));
       return undefined;
     }
-    const { granted } = await this.locks.recordLock(handle.ino, cmd, lock, owner);
+    const { granted } = await this.locks.recordLock(handle.ino, cmd, lock, owner, interrupted);
     if (granted === 'store') await this.revalidate(handle);
     return undefined;
   }
 
-  /** flock(2) on an open file; `owner` is the open file description. Data is ordered as with lock(). */
-  async flock(fh: number, op: number, owner: bigint): Promise<void> {
+  /**
+   * flock(2) on an open file; `owner` is the open file description. Data is ordered as with
+   * lock(); a wait ends with EINTR when `interrupted` aborts.
+   */
+  async flock(fh: number, op: number, owner: bigint, interrupted?: AbortSignal): Promise<void> {
     const handle = this.handle(fh);
     if ((op & ~LOCK_NB) === LOCK_UN) return this.commitThenUnlock(handle, () => this.locks.flock(handle.ino, op, owner));
-    if ((await this.locks.flock(handle.ino, op, owner)) === 'store') await this.revalidate(handle);
+    if ((await this.locks.flock(handle.ino, op, owner, interrupted)) === 'store') await this.revalidate(handle);
   }
 
   /** Unlocks; first commits the file's pending writes unless the inode is claimed (then sharing the claim commits them). */

@@ -25,8 +25,9 @@
 //
 // Waiting (F_SETLKW, flock without LOCK_NB): on a claimed inode, until this daemon's own state
 // changes; otherwise by polling the store, 10 ms at first and then up to every 100 ms. A wait
-// ends when the lock is granted, when its owner unlocks (its process closed the file: EINTR), or
-// when the mount shuts down (EINTR).
+// ends when the lock is granted, when its owner unlocks (its process closed the file: EINTR),
+// when the waiting process gets a signal (the kernel interrupts the request, the binding aborts
+// `interrupted`: EINTR, so Ctrl-C, alarms and `flock -w` work), or when the mount shuts down (EINTR).
 
 import { FsError } from '../errors';
 import type { KvEngine, KvTxn } from '../meta/kv';
@@ -184,7 +185,7 @@ export class LockTable {
    * lock (type F_UNLCK: none); the others with `granted`: 'claim' when decided here on a claimed
    * inode (no other mount can have held a lock on it since), 'store' when through the store.
    */
-  async recordLock(ino: number, cmd: number, lock: RecordLock, owner: bigint): Promise<{ conflict?: RecordLock; granted: Granted }> {
+  async recordLock(ino: number, cmd: number, lock: RecordLock, owner: bigint, interrupted?: AbortSignal): Promise<{ conflict?: RecordLock; granted: Granted }> {
     if (lock.start < 0n || lock.len < 0n) throw new FsError('EINVAL', 'lock range');
     const end = lock.len === 0n ? END_OF_FILE : lock.start + lock.len - 1n;
     if (end > END_OF_FILE) throw new FsError('EOVERFLOW', 'lock range');
@@ -198,15 +199,15 @@ export class LockTable {
       return { conflict: { type: by.exclusive ? F_WRLCK : F_RDLCK, start: by.start, len: by.end === END_OF_FILE ? 0n : by.end - by.start + 1n, pid: by.pid }, granted };
     }
     if (cmd !== F_SETLK && cmd !== F_SETLKW) throw new FsError('EINVAL', `lock command ${cmd}`);
-    return { granted: (await this.request(ino, want, { wait: cmd === F_SETLKW, test: false })).granted };
+    return { granted: (await this.request(ino, want, { wait: cmd === F_SETLKW, test: false, interrupted })).granted };
   }
 
   /** flock(2): LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB not to wait. `granted` as for recordLock. */
-  async flock(ino: number, op: number, owner: bigint): Promise<Granted> {
+  async flock(ino: number, op: number, owner: bigint, interrupted?: AbortSignal): Promise<Granted> {
     const base = op & ~LOCK_NB;
     if (base !== LOCK_SH && base !== LOCK_EX && base !== LOCK_UN) throw new FsError('EINVAL', `flock operation ${op}`);
     const want: Want = { kind: 'flock', owner: String(owner), exclusive: base === LOCK_UN ? undefined : base === LOCK_EX, start: 0n, end: END_OF_FILE, pid: 0 };
-    return (await this.request(ino, want, { wait: (op & LOCK_NB) === 0, test: false })).granted;
+    return (await this.request(ino, want, { wait: (op & LOCK_NB) === 0, test: false, interrupted })).granted;
   }
 
   /** Whether this session holds any lock on the inode. */
@@ -256,8 +257,13 @@ export class LockTable {
   /**
    * Applies `want` (or with `test`, only looks for a conflict, F_GETLK), waiting for conflicting
    * locks to go when `wait`. Resolves with the conflicting lock for a test, else undefined.
+   * `interrupted` aborting (the waiting process got a signal) ends a wait with EINTR.
    */
-  private async request(ino: number, want: Want, how: { wait: boolean; test: boolean }): Promise<{ by?: Held; granted: Granted }> {
+  private async request(
+    ino: number,
+    want: Want,
+    how: { wait: boolean; test: boolean; interrupted?: AbortSignal },
+  ): Promise<{ by?: Held; granted: Granted }> {
     const cancelKey = `${ino}/${want.kind}/${want.owner}`;
     if (want.exclusive === undefined) {
       // The owner unlocks (or its process closed the file): a lock it still waits for is not wanted.
@@ -275,6 +281,9 @@ export class LockTable {
     let set = this.waiting.get(cancelKey);
     if (!set) this.waiting.set(cancelKey, (set = new Set()));
     set.add(cancel);
+    const interrupted = how.interrupted;
+    interrupted?.addEventListener('abort', cancel, { once: true });
+    if (interrupted?.aborted) cancelled = true;
     const state = this.stateOf(ino);
     state.pending += 1;
     let markedWaiting = false;
@@ -313,6 +322,7 @@ export class LockTable {
         if (!local) delay = Math.min(100, delay * 2);
       }
     } finally {
+      interrupted?.removeEventListener('abort', cancel);
       set.delete(cancel);
       if (set.size === 0) this.waiting.delete(cancelKey);
       state.pending -= 1;

@@ -81,9 +81,13 @@ export interface FuseOps {
   getxattr(path: string, name: string, position: number, cb: Cb<[Buffer?]>): void;
   listxattr(path: string, cb: Cb<[string[]?]>): void;
   removexattr(path: string, name: string, cb: Cb): void;
-  /** Optional: without them the kernel arbitrates fcntl and flock locks on this mount alone. */
-  lock?(path: string, fh: number, cmd: number, lock: RecordLock, owner: bigint, cb: Cb<[RecordLock?]>): void;
-  flock?(path: string, fh: number, op: number, owner: bigint, cb: Cb): void;
+  /**
+   * Optional: without them the kernel arbitrates fcntl and flock locks on this mount alone.
+   * `interrupted` (the patched binding) is aborted when the kernel interrupts the request: the
+   * waiting process got a signal (Ctrl-C, an alarm, `flock -w`), so a wait ends with EINTR.
+   */
+  lock?(path: string, fh: number, cmd: number, lock: RecordLock, owner: bigint, cb: Cb<[RecordLock?]>, interrupted?: AbortSignal): void;
+  flock?(path: string, fh: number, op: number, owner: bigint, cb: Cb, interrupted?: AbortSignal): void;
 }
 
 /** Operation timing/error hook, for logs and (later) metrics. */
@@ -219,7 +223,8 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     getxattr: (path, name, _position, cb) => answer('getxattr', () => fs.getxattr(path, name), (code, v) => cb(code, v)),
     listxattr: (path, cb) => answer('listxattr', () => fs.listxattr(path), (code, names) => cb(code, names)),
     removexattr: (path, name, cb) => answer('removexattr', () => fs.removexattr(path, name), done(cb)),
-    lock: (_path, fh, cmd, lock, owner, cb) => answer('lock', () => fs.lock(fh, cmd, lock, owner), (code, res) => cb(code, res)),
-    flock: (_path, fh, op, owner, cb) => answer('flock', () => fs.flock(fh, op, owner), done(cb)),
+    lock: (_path, fh, cmd, lock, owner, cb, interrupted) =>
+      answer('lock', () => fs.lock(fh, cmd, lock, owner, interrupted), (code, res) => cb(code, res)),
+    flock: (_path, fh, op, owner, cb, interrupted) => answer('flock', () => fs.flock(fh, op, owner, interrupted), done(cb)),
   };
 }

@@ -47,6 +47,46 @@ export function holder(code: string, file: string): { child: ChildProcess; locke
 export const FLOCK_EX = 'import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\nfcntl.flock(fd,fcntl.LOCK_EX)';
 export const TRY_FLOCK = 'import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\ntry:\n fcntl.flock(fd,fcntl.LOCK_EX|fcntl.LOCK_NB); print("got")\nexcept OSError as e: print("busy", e.errno)';
 
+// A blocking lock wait interrupted by a signal: on a local disk the wait ends with EINTR (here the
+// alarm handler raises), which is how `flock -w`, Python's signal.alarm and Ctrl-C bound a wait.
+const TAKE = { flock: 'fcntl.flock(fd,fcntl.LOCK_EX)', fcntl: 'fcntl.lockf(fd,fcntl.LOCK_EX)' };
+const alarmed = (kind: 'flock' | 'fcntl'): string =>
+  [
+    'import fcntl,os,sys,signal',
+    'def on_alarm(*a): raise TimeoutError()',
+    'signal.signal(signal.SIGALRM,on_alarm)',
+    'fd=os.open(sys.argv[1],os.O_RDWR)',
+    'signal.alarm(1)',
+    'try:',
+    ` ${TAKE[kind]}; print("got", flush=True)`,
+    'except TimeoutError:',
+    ' print("timed out", flush=True)',
+  ].join('\n');
+
+/**
+ * Holds an exclusive lock (flock or fcntl) on `file` while a second process waits for it, on
+ * `waitOn` (another mount's path of the same file, or the same), under a 1 s alarm: "timed out"
+ * when the alarm ended the wait, "got" when it did not and the lock came after the holder let go.
+ */
+export async function alarmedWait(kind: 'flock' | 'fcntl', file: string, waitOn = file): Promise<string> {
+  fs.writeFileSync(file, 'x');
+  const h = holder(`import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\n${TAKE[kind]}`, file);
+  try {
+    await h.locked;
+    const waiter = spawn('python3', ['-c', alarmed(kind), waitOn], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    waiter.stdout!.on('data', (d) => (out += d));
+    const exited = new Promise<void>((resolve) => waiter.on('exit', () => resolve()));
+    await pollUntil(() => out.length > 0, 8000, 50); // a local disk: after 1 s
+    const seen = out.trim() || 'still waiting after 8 s';
+    await h.release(); // a waiter that ignored the alarm gets the lock now and exits
+    await exited;
+    return seen;
+  } finally {
+    await h.release();
+  }
+}
+
 /** `where` says where the processes run, for test titles ('on two mounts'). */
 export function lockSuite(test: TestFn, where: string, m: () => LockMounts): void {
   test.serial(`flock ${where}: a held lock is seen by the other process (LOCK_NB fails, a blocking flock waits until it is let go)`, async (t) => {
@@ -71,6 +111,16 @@ export function lockSuite(test: TestFn, where: string, m: () => LockMounts): voi
       await h.release();
     }
   });
+
+  for (const kind of ['flock', 'fcntl'] as const) {
+    test.serial(`${kind} ${where}: a signal ends a blocking wait with EINTR (alarm, flock -w, Ctrl-C)`, async (t) => {
+      const name = `alarmed-${kind}`;
+      fs.writeFileSync(path.join(m().A, name), 'x');
+      await pollUntil(() => fs.existsSync(path.join(m().B, name)), 5000, 50);
+      const seen = await alarmedWait(kind, path.join(m().A, name), path.join(m().B, name));
+      t.is(seen, 'timed out', `a 1 s alarm during a blocking ${kind} lock on B while A holds it\n${m().logs()}`);
+    });
+  }
 
   test.serial(`fcntl record locks ${where}: byte ranges, F_GETLK reports the other process's lock, close releases`, async (t) => {
     fs.writeFileSync(path.join(m().A, 'ranges.bin'), Buffer.alloc(100));
