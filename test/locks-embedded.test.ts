@@ -21,8 +21,8 @@ test.after.always(async () => {
 
 lockSuite(test, 'on one mount', () => ({ A: vol.mnt, B: vol.mnt, logs: () => tail(vol.logs()) }));
 
-// The suite checks that an alarm ends a blocking flock or fcntl wait on kvfs; this is the same check on a
-// local disk, so a failure there is kvfs's and not the harness's.
+// The suite checks that an alarm ends a blocking flock or fcntl wait on kvfs; this is the same
+// check on a local disk, so a failure there is kvfs's and not the harness's.
 for (const kind of ['flock', 'fcntl'] as const) {
   test.serial(`control: on a local disk an alarm ends a blocking ${kind} wait`, async (t) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvfs-alarm-'));

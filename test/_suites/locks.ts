@@ -113,7 +113,7 @@ export function lockSuite(test: TestFn, where: string, m: () => LockMounts): voi
   });
 
   for (const kind of ['flock', 'fcntl'] as const) {
-    test.serial(`${kind} ${where}: a signal ends a blocking wait with EINTR (alarm, flock -w, Ctrl-C)`, async (t) => {
+    test.serial(`${kind} ${where}: a signal (a 1 s alarm) ends a blocking wait with EINTR, as on a local disk`, async (t) => {
       const name = `alarmed-${kind}`;
       fs.writeFileSync(path.join(m().A, name), 'x');
       await pollUntil(() => fs.existsSync(path.join(m().B, name)), 5000, 50);
