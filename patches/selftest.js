@@ -330,7 +330,10 @@ async function main () {
     const p = path.join(MNT, 'fh-' + h)
     await run('dd', ['if=/dev/zero', 'of=' + p, 'bs=4096', 'count=1', 'status=none'])
     const w = log.writes.find(e => e.path === '/fh-' + h)
-    const r = log.fh.find(e => e.path === '/fh-' + h && e.op === 'release')
+    // The kernel sends RELEASE after close(2) has returned (in the background): wait for it.
+    const released = () => log.fh.find(e => e.path === '/fh-' + h && e.op === 'release')
+    for (let i = 0; i < 100 && !released(); i++) await new Promise(resolve => setTimeout(resolve, 20))
+    const r = released()
     check(`handle ${h} reaches write and release`, w && w.fd === h && r && r.fd === h, JSON.stringify({ w, r }))
   }
 
