@@ -235,6 +235,11 @@ const TIME2 = '2002-03-04 05:06:07.987654321'
 const TIME3 = '2003-04-05 06:07:08.000000001'
 
 // ---------------------------------------------------------------- the checks
+/** Waits up to `tries` x 20 ms until `cond()` holds, for what the kernel sends after a syscall returned. */
+async function until (cond, tries) {
+  for (let i = 0; i < tries && !cond(); i++) await new Promise(resolve => setTimeout(resolve, 20))
+}
+
 async function main () {
   await new Promise((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
   if (!isMounted()) throw new Error('mount did not appear in /proc/self/mountinfo')
@@ -332,7 +337,7 @@ async function main () {
     const w = log.writes.find(e => e.path === '/fh-' + h)
     // The kernel sends RELEASE after close(2) has returned (in the background): wait for it.
     const released = () => log.fh.find(e => e.path === '/fh-' + h && e.op === 'release')
-    for (let i = 0; i < 100 && !released(); i++) await new Promise(resolve => setTimeout(resolve, 20))
+    await until(released, 100)
     const r = released()
     check(`handle ${h} reaches write and release`, w && w.fd === h && r && r.fd === h, JSON.stringify({ w, r }))
   }
@@ -367,7 +372,7 @@ async function main () {
   const sh = log.flocks.find(f => f.op === 1)
   check('flock(LOCK_SH) reaches ops.flock with an owner', sh && sh.path === '/x' && typeof sh.owner === 'bigint', JSON.stringify(log.flocks, (k, v) => typeof v === 'bigint' ? String(v) : v))
   // release (with LOCK_UN) is sent after close() returns: wait for it
-  for (let i = 0; i < 50 && !log.flocks.some(f => f.op === 8); i++) await new Promise(resolve => setTimeout(resolve, 20))
+  await until(() => log.flocks.some(f => f.op === 8), 50)
   check('close unlocks: F_UNLCK of the whole file for the same owner, LOCK_UN at release',
     log.locks.some(l => l.cmd === 6 && l.type === 2 && l.start === 0n && l.len === 0n && l.owner === setlk?.owner) && log.flocks.some(f => f.op === 8 && f.owner === sh?.owner),
     JSON.stringify({ locks: log.locks.length, flocks: log.flocks.map(f => f.op) }))
