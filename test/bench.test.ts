@@ -55,6 +55,9 @@ test('kvfs bench --quick measures every workload on kvfs and its ceilings, and c
     t.true(report.machine.cpus > 0 && report.machine.memoryBytes > 0, JSON.stringify(report.machine));
     t.is(typeof report.machine.kernel, 'string');
     t.is(typeof report.machine.node, 'string');
+    // The new-memory note is printed exactly when the measured rate is below its threshold.
+    t.true(report.machine.newMemoryMBps > 0, JSON.stringify(report.machine));
+    t.is(/^note: memory this machine has never used comes at \d+ MB\/s/m.test(r.stdout), report.machine.newMemoryMBps < 1000, r.stdout);
     t.regex(report.command, /kvfs bench --quick/);
 
     const positive = (who: string, workload: string, field: string) => {

@@ -28,6 +28,9 @@ block put/get of block-sized values, and read-modify-write metadata
 transactions one at a time (latency) and 64 concurrent (throughput).
 Each measurement is repeated (3 times, once with --quick) and the medians are
 reported. Progress goes to stderr, the table to stdout.
+The header gives the rate at which the machine hands out memory it has never used;
+below 1000 MB/s (seen on newly booted VMs) a note says that write figures are low
+until the machine's memory has been used once: run again later.
 
 The volumes are formatted for the run and deleted afterwards; both filesystems
 are mounted by child processes (kvfs with 'kvfs mount') in a temp dir and always

@@ -126,6 +126,8 @@ export interface BenchReport {
     node: string;
     loadAverageAtStart: number[];
     loadAverageAtEnd?: number[];
+    /** MB/s at which this process touched 256 MiB of memory it had never used (see newMemoryRate). */
+    newMemoryMBps: number;
   };
   config: {
     meta: string;
@@ -521,6 +523,25 @@ function fmt(value: number, unit: string): string {
   return value < 10 ? value.toFixed(2) : value < 100 ? value.toFixed(1) : value.toFixed(0);
 }
 
+/** Below this first-touch rate the machine's memory is taken to be newly provisioned. */
+const SLOW_NEW_MEMORY_MBPS = 1000;
+
+/**
+ * How fast the kernel hands this process memory it has never used: 256 MiB allocated without
+ * zero-filling, one byte written per 4 KiB page. On a newly booted VM the hypervisor backs each
+ * guest page on its first touch, and that ran at 365-403 MB/s here against 1,400-2,600 MB/s once
+ * the machine's memory had been used (BENCHMARKS.md, eighth round). kvfs fills dirty buffers,
+ * the page cache and Redis with new memory where the no-op stores nothing, so on such a machine
+ * the write figures measure the hypervisor.
+ */
+function newMemoryRate(): number {
+  const size = 256 * 1024 * 1024;
+  const start = performance.now();
+  const buf = Buffer.allocUnsafeSlow(size);
+  for (let i = 0; i < size; i += 4096) buf[i] = 1;
+  return Math.round(size / 1e6 / ((performance.now() - start) / 1000));
+}
+
 function machine(): BenchReport['machine'] {
   const cpus = os.cpus();
   return {
@@ -531,6 +552,7 @@ function machine(): BenchReport['machine'] {
     os: `${os.type()} ${os.version()}`,
     node: process.version,
     loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
+    newMemoryMBps: newMemoryRate(),
   };
 }
 
@@ -1031,8 +1053,14 @@ export function formatReport(report: BenchReport): string {
   const c = report.config;
   lines.push(
     `kvfs bench: ${c.meta}, data ${c.data}, block size ${c.blockSize / 1024} KiB, file ${fmtSize(c.size)}; ` +
-      `${report.machine.cpus} cpus, ${Math.round(report.machine.memoryBytes / 1024 ** 3)} GiB, Linux ${report.machine.kernel}, node ${report.machine.node}`,
+      `${report.machine.cpus} cpus, ${Math.round(report.machine.memoryBytes / 1024 ** 3)} GiB, Linux ${report.machine.kernel}, node ${report.machine.node}, new memory ${report.machine.newMemoryMBps} MB/s`,
   );
+  if (report.machine.newMemoryMBps < SLOW_NEW_MEMORY_MBPS) {
+    lines.push(
+      `note: memory this machine has never used comes at ${report.machine.newMemoryMBps} MB/s (a newly booted VM?): ` +
+        'write figures are low until its memory has been used once; run the bench again later.',
+    );
+  }
   lines.push(
     `Medians of ${c.repetitions} repetition${c.repetitions === 1 ? '' : 's'} (each workload alternating kvfs / no-op FUSE); ratio = kvfs / ceiling; MB/s = 10^6 bytes/s.`,
   );

@@ -362,13 +362,25 @@ export async function rawBlocks(
     ids.push(s);
     return s;
   };
+  // Gets go the way the block cache reads (lib/fs/cache.ts): into a buffer of the caller's,
+  // reused, where the store offers getInto (the Redis store's own GET readers), else get().
+  const spare: Buffer[] = [];
+  const getLength = async (key: string): Promise<number | undefined> => {
+    if (!store.getInto) return (await store.get(key))?.length;
+    let lent: Buffer | undefined;
+    try {
+      const got = await store.getInto(key, (size) => (lent = (size === blockSize && spare.pop()) || Buffer.allocUnsafe(size)));
+      return got?.length;
+    } finally {
+      if (lent?.length === blockSize) spare.push(lent);
+    }
+  };
   try {
     const seqPut = await timedEach(count, (i) => store.put(id('s', i), data), c);
     const seqGet = await timedEach(
       count,
       async (i) => {
-        const got = await store.get(`bench-${tag}-s-${i}`);
-        if (!got || got.length !== blockSize) throw new Error(`raw block get: block bench-${tag}-s-${i} missing or short`);
+        if ((await getLength(`bench-${tag}-s-${i}`)) !== blockSize) throw new Error(`raw block get: block bench-${tag}-s-${i} missing or short`);
       },
       c,
     );
@@ -377,8 +389,7 @@ export async function rawBlocks(
       count,
       parallel,
       async (i) => {
-        const got = await store.get(`bench-${tag}-p-${i}`);
-        if (!got || got.length !== blockSize) throw new Error('raw block get: block missing or short');
+        if ((await getLength(`bench-${tag}-p-${i}`)) !== blockSize) throw new Error('raw block get: block missing or short');
       },
       c,
     );
