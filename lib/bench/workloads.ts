@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockStore } from '../data/store';
+import { BufferPool } from '../fs/pool';
 import type { KvEngine } from '../meta/kv';
 
 export const MiB = 1024 * 1024;
@@ -362,17 +363,16 @@ export async function rawBlocks(
     ids.push(s);
     return s;
   };
-  // Gets go the way the block cache reads (lib/fs/cache.ts): into a buffer of the caller's,
-  // reused, where the store offers getInto (the Redis store's own GET readers), else get().
-  const spare: Buffer[] = [];
+  // Gets go the way the block cache reads (lib/fs/cache.ts): into a buffer from a BufferPool,
+  // given back once read, where the store offers getInto (the Redis store's own GET readers).
+  const pool = new BufferPool();
   const getLength = async (key: string): Promise<number | undefined> => {
     if (!store.getInto) return (await store.get(key))?.length;
     let lent: Buffer | undefined;
     try {
-      const got = await store.getInto(key, (size) => (lent = (size === blockSize && spare.pop()) || Buffer.allocUnsafe(size)));
-      return got?.length;
+      return (await store.getInto(key, (size) => (lent = pool.take(size))))?.length;
     } finally {
-      if (lent?.length === blockSize) spare.push(lent);
+      if (lent) pool.give(lent);
     }
   };
   try {
