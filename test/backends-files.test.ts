@@ -22,6 +22,13 @@ blockSuite(test, async () => {
   return { store, cleanup: async () => { await store.close(); await remove(); } };
 });
 
+// The buffered path, which a filesystem that refuses O_DIRECT falls back to.
+blockSuite(test, async () => {
+  const { dir, remove } = tempDir();
+  const store = new FileBlocks({ dir, volumeUuid: 'uuid-1', directIo: false });
+  return { store, cleanup: async () => { await store.close(); await remove(); } };
+}, 'buffered I/O');
+
 const distLib = path.join(__dirname, '..', 'lib');
 
 function runNode(script: string, args: string[], killOn?: string): Promise<{ out: string; signal: NodeJS.Signals | null }> {

@@ -34,6 +34,7 @@ import { promisify } from 'node:util';
 import type Database from 'better-sqlite3';
 import { FsError } from '../errors';
 import { bindToVolume, openExclusiveSqlite, sqliteError } from '../meta/sqlite';
+import { AlignedSlots, ALIGN, alignUp } from './direct-io';
 import { copyInto, type BlockStore } from './store';
 
 /** A table in the metadata database that holds small blocks (SqliteKv in lib/meta/sqlite.ts). */
@@ -58,6 +59,11 @@ export interface FileBlocksOptions {
   create?: boolean;
   /** The volume these blocks belong to; recorded at first open and checked afterwards. */
   volumeUuid: string;
+  /**
+   * Read and write block files with O_DIRECT, past the page cache (default true; see
+   * direct-io.ts). Falls back to buffered I/O by itself on a filesystem that refuses it.
+   */
+  directIo?: boolean;
 }
 
 /** Subdirectories of DIR/blocks (by a hash of the id): 256 keep each directory small. */
@@ -170,12 +176,16 @@ export class FileBlocks implements BlockStore {
   private closed = false;
   /** Where small puts go instead of files (keepSmallBlocksIn). */
   private small: SmallBlockTable | undefined;
+  /** O_DIRECT for block files; turned off for good by the first EINVAL (direct-io.ts). */
+  private direct: boolean;
+  private readonly slots = new AlignedSlots();
 
   /** Opens DIR/blocks; FsError EBUSY if in use, EINVAL if it belongs to another volume. */
   constructor(options: FileBlocksOptions) {
     if (!options.dir || !path.isAbsolute(options.dir)) throw new TypeError(`FileBlocks: dir must be an absolute path, got ${options.dir}`);
     if (!options.volumeUuid) throw new TypeError('FileBlocks: volumeUuid is required');
     this.root = path.join(options.dir, 'blocks');
+    this.direct = options.directIo ?? true;
     const create = options.create ?? true;
     const ownerFile = path.join(this.root, 'volume.db');
     const isNew = !fs.existsSync(ownerFile);
@@ -265,23 +275,63 @@ export class FileBlocks implements BlockStore {
 
   private async write(id: string, data: Buffer): Promise<void> {
     const { dir, file } = this.pathOf(id);
-    let fh: fsp.FileHandle;
     try {
-      fh = await fsp.open(file, 'w');
+      await this.writeFile(file, data);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       // A fan-out directory removed by hand: make it again (and durable).
       await fsp.mkdir(dir, { recursive: true });
       await syncPath(this.root);
-      fh = await fsp.open(file, 'w');
+      await this.writeFile(file, data);
     }
+    await this.dirSync(dir).sync();
+  }
+
+  /** The block's file, written and fdatasynced: with O_DIRECT where it works (direct-io.ts). */
+  private async writeFile(file: string, data: Buffer): Promise<void> {
+    if (this.direct && data.length <= this.slots.slotSize && (await this.writeDirect(file, data))) return;
+    const fh = await fsp.open(file, 'w');
     try {
       await fh.writeFile(data);
       await fh.datasync();
     } finally {
       await fh.close();
     }
-    await this.dirSync(dir).sync();
+  }
+
+  /**
+   * Writes through an aligned slot, the length rounded up to ALIGN and the file truncated back.
+   * False (and buffered I/O from now on) when this filesystem refuses O_DIRECT: EINVAL at open
+   * (tmpfs before Linux 6.6, some FUSE filesystems) or at the write (alignment it does not take).
+   */
+  private async writeDirect(file: string, data: Buffer): Promise<boolean> {
+    let fd: number;
+    try {
+      fd = await openAsync(file, DIRECT_WRITE, 0o644);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      this.direct = false;
+      return false;
+    }
+    try {
+      const padded = alignUp(data.length);
+      try {
+        await this.slots.with(async (slot) => {
+          data.copy(slot);
+          slot.fill(0, data.length, padded);
+          for (let done = 0; done < padded; ) done += (await writeAsync(fd, slot, done, padded - done, done)).bytesWritten;
+        });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        this.direct = false;
+        return false;
+      }
+      if (padded !== data.length) await ftruncateAsync(fd, data.length);
+      await fdatasyncAsync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return true;
   }
 
   /** A small put, with synchronous calls (see SMALL_PUT). */
@@ -312,7 +362,7 @@ export class FileBlocks implements BlockStore {
 
   async get(id: string): Promise<Buffer | undefined> {
     this.check('get');
-    return this.inMemory(id) ?? this.fromFile(id, 'get', (file) => readWholeFile(file, Buffer.allocUnsafe));
+    return this.inMemory(id) ?? this.fromFile(id, 'get', (file) => this.readWhole(file, Buffer.allocUnsafe));
   }
 
   /** get() into the caller's buffer: the file is read straight into it (see BlockStore.getInto). */
@@ -320,7 +370,55 @@ export class FileBlocks implements BlockStore {
     this.check('get');
     const held = this.inMemory(id);
     if (held) return copyInto(held, alloc);
-    return this.fromFile(id, 'get', (file) => readWholeFile(file, alloc));
+    return this.fromFile(id, 'get', (file) => this.readWhole(file, alloc));
+  }
+
+  /** A block file's bytes into a buffer from `alloc`: with O_DIRECT where it works. */
+  private async readWhole(file: string, alloc: (size: number) => Buffer): Promise<Buffer> {
+    if (this.direct) {
+      const got = await this.readDirect(file, alloc);
+      if (got) return got;
+    }
+    return readWholeFile(file, alloc);
+  }
+
+  /**
+   * Reads through an aligned slot and copies into the caller's buffer. Undefined (and buffered
+   * I/O from now on, as in writeDirect) when the filesystem refuses O_DIRECT; undefined too for
+   * a file larger than a slot (not a block of any volume), read buffered by the caller.
+   */
+  private async readDirect(file: string, alloc: (size: number) => Buffer): Promise<Buffer | undefined> {
+    let fd: number;
+    try {
+      fd = await openAsync(file, DIRECT_READ);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      this.direct = false;
+      return undefined;
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size > this.slots.slotSize) return undefined;
+      const padded = alignUp(size);
+      return await this.slots.with(async (slot) => {
+        let done = 0;
+        // Reads stop at the end of the file; a short read that is still aligned is continued.
+        while (done < size) {
+          const { bytesRead } = await readAsync(fd, slot, done, padded - done, done);
+          done += bytesRead;
+          if (bytesRead === 0 || done % ALIGN !== 0) break;
+        }
+        const into = alloc(size);
+        const n = slot.copy(into, 0, 0, Math.min(done, size));
+        return n < size ? into.subarray(0, n) : into;
+      });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      this.direct = false;
+      return undefined;
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   /** Part of a block (random reads of large blocks): one open and one read, not the whole file. */
@@ -448,6 +546,11 @@ export class FileBlocks implements BlockStore {
 
 const openAsync = promisify(fs.open);
 const readAsync = promisify(fs.read);
+const writeAsync = promisify(fs.write);
+const ftruncateAsync = promisify(fs.ftruncate);
+const fdatasyncAsync = promisify(fs.fdatasync);
+const DIRECT_WRITE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_DIRECT;
+const DIRECT_READ = fs.constants.O_RDONLY | fs.constants.O_DIRECT;
 
 /**
  * A block file's bytes in two trips to the thread pool (open, read) where fs.promises.readFile

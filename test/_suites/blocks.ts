@@ -1,5 +1,5 @@
 // Conformance suite for BlockStore (lib/data/store.ts). Every block backend runs it in one line:
-//   blockSuite(test, async () => ({ store, cleanup }))
+//   blockSuite(test, async () => ({ store, cleanup }))   (a label as third argument for a second run)
 // The factory must return a fresh, empty, isolated store on every call.
 import { randomBytes } from 'node:crypto';
 import type { ExecutionContext, TestFn } from 'ava';
@@ -18,7 +18,9 @@ async function listAll(store: BlockStore): Promise<{ ids: string[]; batches: num
   return { ids: ids.sort(), batches };
 }
 
-export function blockSuite(test: TestFn, factory: BlockFactory): void {
+/** `label` tells two runs of the suite in one test file apart (ava needs unique titles). */
+export function blockSuite(test: TestFn, factory: BlockFactory, label?: string): void {
+  const blocks = label ? `blocks (${label})` : 'blocks';
   async function open(t: ExecutionContext): Promise<BlockStore> {
     const { store, cleanup } = await factory();
     t.teardown(cleanup);
@@ -29,11 +31,14 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     ['empty', 0],
     ['1 byte', 1],
     ['4 KiB', 4096],
+    // Lengths that are no multiple of 4096 above 64 KiB (padded and truncated by O_DIRECT writes).
+    ['64 KiB + 1 byte', 65537],
+    ['1 MiB - 1 byte', (1 << 20) - 1],
     ['1 MiB', 1 << 20],
     ['4 MiB', 4 << 20],
   ];
   for (const [name, size] of sizes) {
-    test(`blocks: ${name} block round-trips byte-exact`, async (t) => {
+    test(`${blocks}: ${name} block round-trips byte-exact`, async (t) => {
       const store = await open(t);
       const data = randomBytes(size);
       await store.put(`blk-${size}`, data);
@@ -44,7 +49,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     });
   }
 
-  test('blocks: size (where a store has it) is the length of the data, undefined when missing', async (t) => {
+  test(`${blocks}: size (where a store has it) is the length of the data, undefined when missing`, async (t) => {
     const store = await open(t);
     if (!store.size) return t.pass('this store has no size()');
     for (const n of [0, 1, 5000]) await store.put(`s${n}`, randomBytes(n));
@@ -52,7 +57,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.size('missing'), undefined);
   });
 
-  test('blocks: getRange (where a store has it) returns the range, fewer bytes at the end, undefined when missing', async (t) => {
+  test(`${blocks}: getRange (where a store has it) returns the range, fewer bytes at the end, undefined when missing`, async (t) => {
     const store = await open(t);
     if (!store.getRange) return t.pass('this store has no getRange()');
     // A large block (a file on the file store) and a small one (a meta.db row there).
@@ -68,7 +73,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.getRange('no-such-block', 0, 100), undefined);
   });
 
-  test('blocks: getInto (where a store has it) fills the buffer it asked for, undefined when missing', async (t) => {
+  test(`${blocks}: getInto (where a store has it) fills the buffer it asked for, undefined when missing`, async (t) => {
     const store = await open(t);
     if (!store.getInto) return t.pass('this store has no getInto()');
     // A large block (a file on the file store) and a small one (a meta.db row there).
@@ -90,7 +95,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.getInto('no-such-block', () => t.fail('no buffer for a missing block') as never), undefined);
   });
 
-  test('blocks: a missing id reads as undefined', async (t) => {
+  test(`${blocks}: a missing id reads as undefined`, async (t) => {
     const store = await open(t);
     t.is(await store.get('no-such-block'), undefined);
     await store.put('present', Buffer.from('x'));
@@ -98,7 +103,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is(await store.get('present-'), undefined);
   });
 
-  test('blocks: put of an existing id with the same bytes is harmless', async (t) => {
+  test(`${blocks}: put of an existing id with the same bytes is harmless`, async (t) => {
     const store = await open(t);
     const data = randomBytes(1000);
     await store.put('same', data);
@@ -107,7 +112,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.deepEqual((await listAll(store)).ids, ['same']);
   });
 
-  test('blocks: delete removes blocks and ignores missing ids', async (t) => {
+  test(`${blocks}: delete removes blocks and ignores missing ids`, async (t) => {
     const store = await open(t);
     for (const id of ['d1', 'd2', 'd3']) await store.put(id, Buffer.from(id));
     await store.delete([]);
@@ -119,7 +124,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.deepEqual((await listAll(store)).ids, ['d2']);
   });
 
-  test('blocks: list sees exactly the stored ids, across batches', async (t) => {
+  test(`${blocks}: list sees exactly the stored ids, across batches`, async (t) => {
     const store = await open(t);
     t.deepEqual((await listAll(store)).ids, []);
     const ids = Array.from({ length: 2345 }, (_, i) => `id-${i.toString(16).padStart(6, '0')}`);
@@ -132,7 +137,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.deepEqual((await listAll(store)).ids, ids.slice(2000).sort());
   });
 
-  test('blocks: usage counts blocks and bytes', async (t) => {
+  test(`${blocks}: usage counts blocks and bytes`, async (t) => {
     const store = await open(t);
     t.deepEqual(await store.usage(), { blocks: 0, bytes: 0 });
     const lengths = [0, 1, 4096, 100_000];
@@ -147,7 +152,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.true(after.blocks === u.blocks - 1);
   });
 
-  test('blocks: concurrent puts and gets', async (t) => {
+  test(`${blocks}: concurrent puts and gets`, async (t) => {
     const store = await open(t);
     const blocks = Array.from({ length: 64 }, (_, i) => [`c${i}`, randomBytes(64 * 1024 + i)] as const);
     await Promise.all(blocks.map(([id, data]) => store.put(id, data)));
@@ -156,7 +161,7 @@ export function blockSuite(test: TestFn, factory: BlockFactory): void {
     t.is((await listAll(store)).ids.length, 64);
   });
 
-  test('blocks: two instances from the factory are isolated', async (t) => {
+  test(`${blocks}: two instances from the factory are isolated`, async (t) => {
     const one = await open(t);
     const two = await open(t);
     await one.put('shared-id', Buffer.from('one'));
