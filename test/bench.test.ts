@@ -58,6 +58,10 @@ test('kvfs bench --quick measures every workload on kvfs and its ceilings, and c
     // The new-memory note is printed exactly when the measured rate is below its threshold.
     t.true(report.machine.newMemoryMBps > 0, JSON.stringify(report.machine));
     t.is(/^note: memory this machine has never used comes at \d+ MB\/s/m.test(r.stdout), report.machine.newMemoryMBps < 1000, r.stdout);
+    // So is the wake-up note, for the thread ping-pong figure the header gives.
+    t.true(report.machine.wakeupRoundTripUs > 0, JSON.stringify(report.machine));
+    t.regex(r.stdout, new RegExp(`thread wake-up round trip ${report.machine.wakeupRoundTripUs} us`));
+    t.is(/^note: a thread wake-up round trip takes \d+ us here/m.test(r.stdout), report.machine.wakeupRoundTripUs > 40, r.stdout);
     t.regex(report.command, /kvfs bench --quick/);
 
     const positive = (who: string, workload: string, field: string) => {

@@ -31,6 +31,10 @@ reported. Progress goes to stderr, the table to stdout.
 The header gives the rate at which the machine hands out memory it has never used;
 below 1000 MB/s (seen on newly booted VMs) a note says that write figures are low
 until the machine's memory has been used once: run again later.
+It also gives how long one thread takes to wake another and be woken back (every
+FUSE request crosses threads several times); above 40 us (VMs whose idle CPUs halt
+instead of polling) a note says that per-request rates are low on kvfs and the
+no-op alike, and ratios against the no-op higher than on a faster machine.
 
 The volumes are formatted for the run and deleted afterwards; both filesystems
 are mounted by child processes (kvfs with 'kvfs mount') in a temp dir and always

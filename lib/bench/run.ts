@@ -128,6 +128,8 @@ export interface BenchReport {
     loadAverageAtEnd?: number[];
     /** MB/s at which this process touched 256 MiB of memory it had never used (see newMemoryRate). */
     newMemoryMBps: number;
+    /** Median microseconds for one thread to wake another and be woken back (see wakeupRoundTrip). */
+    wakeupRoundTripUs: number;
   };
   config: {
     meta: string;
@@ -542,6 +544,52 @@ function newMemoryRate(): number {
   return Math.round(size / 1e6 / ((performance.now() - start) / 1000));
 }
 
+/** Above this a thread wake-up round trip is taken to be slow (idle CPUs halt instead of polling). */
+const SLOW_WAKEUP_US = 40;
+
+/**
+ * Median microseconds for a ping-pong between this thread and a worker thread through a futex
+ * (Atomics.wait/notify), 5 batches of 500. Every FUSE request crosses threads about four times
+ * (the application, a libfuse thread, the daemon's event loop and back), so this sets what one
+ * request costs on the no-op as on kvfs. On these VMs it was 10-18 us with the guest's idle
+ * halt-polling on and 90-134 us with it off (/sys/module/haltpoll/parameters/guest_halt_poll_ns
+ * = 0), which moved the no-op's create rate from about 1,000-1,900/s to 300-380/s and with it
+ * every ratio that has the no-op as ceiling (BENCHMARKS.md, ninth round).
+ */
+async function wakeupRoundTrip(): Promise<number> {
+  const { Worker } = await import('node:worker_threads');
+  const flag = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(
+    `const { workerData } = require('node:worker_threads');
+     const flag = new Int32Array(workerData);
+     for (;;) {
+       Atomics.wait(flag, 0, 0);
+       if (Atomics.load(flag, 0) === 2) break;
+       Atomics.store(flag, 0, 0);
+       Atomics.notify(flag, 0);
+     }`,
+    { eval: true, workerData: flag.buffer },
+  );
+  try {
+    await new Promise<void>((resolve, reject) => worker.once('online', resolve).once('error', reject));
+    const batches: number[] = [];
+    for (let b = 0; b < 5; b++) {
+      const start = performance.now();
+      for (let i = 0; i < 500; i++) {
+        Atomics.store(flag, 0, 1);
+        Atomics.notify(flag, 0);
+        Atomics.wait(flag, 0, 1);
+      }
+      batches.push(((performance.now() - start) * 1000) / 500);
+    }
+    return Math.round(batches.sort((x, y) => x - y)[2]);
+  } finally {
+    Atomics.store(flag, 0, 2);
+    Atomics.notify(flag, 0);
+    await worker.terminate();
+  }
+}
+
 function machine(): BenchReport['machine'] {
   const cpus = os.cpus();
   return {
@@ -553,6 +601,7 @@ function machine(): BenchReport['machine'] {
     node: process.version,
     loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
     newMemoryMBps: newMemoryRate(),
+    wakeupRoundTripUs: 0, // measured by the caller (async)
   };
 }
 
@@ -686,7 +735,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     finishedAt: '',
     seconds: 0,
     command: cfg.command,
-    machine: machine(),
+    machine: { ...machine(), wakeupRoundTripUs: await wakeupRoundTrip() },
     config: {
       meta: parseMetaUrl(plan.metaUrl, cfg.meta).describe,
       data: plan.dataUrl ? parseBlockUrl(plan.dataUrl, cfg.data).describe : `${parseMetaUrl(plan.metaUrl, cfg.meta).describe} (embedded block store)`,
@@ -1053,12 +1102,19 @@ export function formatReport(report: BenchReport): string {
   const c = report.config;
   lines.push(
     `kvfs bench: ${c.meta}, data ${c.data}, block size ${c.blockSize / 1024} KiB, file ${fmtSize(c.size)}; ` +
-      `${report.machine.cpus} cpus, ${Math.round(report.machine.memoryBytes / 1024 ** 3)} GiB, Linux ${report.machine.kernel}, node ${report.machine.node}, new memory ${report.machine.newMemoryMBps} MB/s`,
+      `${report.machine.cpus} cpus, ${Math.round(report.machine.memoryBytes / 1024 ** 3)} GiB, Linux ${report.machine.kernel}, node ${report.machine.node}, new memory ${report.machine.newMemoryMBps} MB/s, ` +
+      `thread wake-up round trip ${report.machine.wakeupRoundTripUs} us`,
   );
   if (report.machine.newMemoryMBps < SLOW_NEW_MEMORY_MBPS) {
     lines.push(
       `note: memory this machine has never used comes at ${report.machine.newMemoryMBps} MB/s (a newly booted VM?): ` +
         'write figures are low until its memory has been used once; run the bench again later.',
+    );
+  }
+  if (report.machine.wakeupRoundTripUs > SLOW_WAKEUP_US) {
+    lines.push(
+      `note: a thread wake-up round trip takes ${report.machine.wakeupRoundTripUs} us here (idle CPUs halt instead of polling?): ` +
+        'every FUSE request pays it several times, on kvfs and on the no-op alike, so per-request rates are low and ratios against the no-op are higher than on a machine that wakes threads fast.',
     );
   }
   lines.push(
