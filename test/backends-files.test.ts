@@ -109,3 +109,25 @@ test('files: openBlockStore gives a new volume the file store, and a volume with
 
   await t.throwsAsync(openBlockStore(`file://${path.join(dir, 'missing')}`, 'u3', { create: false }), { instanceOf: FsError, code: 'ENOENT' });
 });
+
+test('files: with too little address space for O_DIRECT buffers (ulimit -v) blocks still round-trip, buffered', async (t) => {
+  const { dir, remove } = tempDir();
+  t.teardown(remove);
+  // V8 reserves far more address space for a WebAssembly.Memory than its size: 4 GB refuses it.
+  const script = `
+    const { FileBlocks } = require(${JSON.stringify(distLib)} + '/data/files');
+    (async () => {
+      const blocks = new FileBlocks({ dir: ${JSON.stringify(dir)}, volumeUuid: 'u' });
+      const data = require('crypto').randomBytes((1 << 20) + 123);
+      await blocks.put('big', data);
+      const back = await blocks.get('big');
+      console.log(back.equals(data) ? 'same' : 'different');
+      await blocks.close();
+    })().catch((e) => { console.log('error ' + e.message); process.exit(1); });`;
+  const child = spawn('bash', ['-c', 'ulimit -v 4000000 && exec "$0" -e "$1"', process.execPath, script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  t.is(out.trim(), 'same');
+  t.is(code, 0);
+});

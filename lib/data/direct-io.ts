@@ -45,6 +45,19 @@ export class AlignedSlots {
     return this.free;
   }
 
+  /**
+   * Whether the arena exists or can be made now. V8 reserves address space for a Memory well
+   * beyond its size (guard regions), which a low `ulimit -v` can refuse: then no direct I/O.
+   */
+  available(): boolean {
+    try {
+      this.slots();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** A whole slot (slotSize bytes, aligned). */
   take(): Promise<Buffer> {
     const slot = this.slots().pop();

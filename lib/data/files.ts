@@ -287,9 +287,15 @@ export class FileBlocks implements BlockStore {
     await this.dirSync(dir).sync();
   }
 
+  /** Direct I/O is on and its aligned memory could be had (else off for good). */
+  private useDirect(): boolean {
+    if (this.direct && !this.slots.available()) this.direct = false;
+    return this.direct;
+  }
+
   /** The block's file, written and fdatasynced: with O_DIRECT where it works (direct-io.ts). */
   private async writeFile(file: string, data: Buffer): Promise<void> {
-    if (this.direct && data.length <= this.slots.slotSize && (await this.writeDirect(file, data))) return;
+    if (this.useDirect() && data.length <= this.slots.slotSize && (await this.writeDirect(file, data))) return;
     const fh = await fsp.open(file, 'w');
     try {
       await fh.writeFile(data);
@@ -375,7 +381,7 @@ export class FileBlocks implements BlockStore {
 
   /** A block file's bytes into a buffer from `alloc`: with O_DIRECT where it works. */
   private async readWhole(file: string, alloc: (size: number) => Buffer): Promise<Buffer> {
-    if (this.direct) {
+    if (this.useDirect()) {
       const got = await this.readDirect(file, alloc);
       if (got) return got;
     }
