@@ -41,7 +41,8 @@ function runNode(script: string, args: string[], opts: { killOn?: string } = {})
       if (opts.killOn && out.includes(opts.killOn)) child.kill('SIGKILL');
     });
     child.on('error', reject);
-    child.on('exit', (_code, signal) => resolve({ out, signal }));
+    // 'close', not 'exit': only then has all of the child's output been read.
+    child.on('close', (_code, signal) => resolve({ out, signal }));
   });
 }
 
