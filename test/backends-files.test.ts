@@ -31,9 +31,21 @@ blockSuite(test, async () => {
 
 const distLib = path.join(__dirname, '..', 'lib');
 
-function runNode(script: string, args: string[], killOn?: string): Promise<{ out: string; signal: NodeJS.Signals | null }> {
+/**
+ * Runs `script` in a new Node (`node -e script ...args`): its stdout, exit code and signal.
+ * `killOn`: SIGKILL it once stdout contains this. `addressSpaceKb`: run it under `ulimit -v`.
+ */
+function runNode(
+  script: string,
+  args: string[],
+  options: { killOn?: string; addressSpaceKb?: number } = {},
+): Promise<{ out: string; code: number | null; signal: NodeJS.Signals | null }> {
+  const { killOn, addressSpaceKb } = options;
+  const [command, argv] = addressSpaceKb
+    ? ['bash', ['-c', `ulimit -v ${addressSpaceKb} && exec "$0" -e "$@"`, process.execPath, script, ...args]]
+    : [process.execPath, ['-e', script, ...args]];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['-e', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
@@ -41,7 +53,7 @@ function runNode(script: string, args: string[], killOn?: string): Promise<{ out
     });
     child.on('error', reject);
     // 'close', not 'exit': only then has all of the child's output been read.
-    child.on('close', (_code, signal) => resolve({ out, signal }));
+    child.on('close', (code, signal) => resolve({ out, code, signal }));
   });
 }
 
@@ -72,7 +84,7 @@ test('files: stored blocks survive kill -9, ids that need escaping round-trip', 
       console.log('stored');
       setInterval(() => {}, 1000);
     })().catch((e) => { console.log('error ' + e.message); process.exit(1); });`;
-  const { out, signal } = await runNode(writer, [distLib, dir], 'stored');
+  const { out, signal } = await runNode(writer, [distLib, dir], { killOn: 'stored' });
   t.is(out.trim(), 'stored');
   t.is(signal, 'SIGKILL');
   const blocks = new FileBlocks({ dir, volumeUuid: 'u' });
@@ -117,9 +129,9 @@ test('files: with too little address space for O_DIRECT buffers (ulimit -v) bloc
   // V8 reserves about 10.5 GB of address space for any WebAssembly.Memory (guard regions), and
   // Node itself needs under 1 GB: a limit of 8 GB leaves Node room and refuses the arena.
   const script = `
-    const { FileBlocks } = require(${JSON.stringify(distLib)} + '/data/files');
+    const { FileBlocks } = require(process.argv[1] + '/data/files');
     (async () => {
-      const blocks = new FileBlocks({ dir: ${JSON.stringify(dir)}, volumeUuid: 'u' });
+      const blocks = new FileBlocks({ dir: process.argv[2], volumeUuid: 'u' });
       const data = require('crypto').randomBytes((1 << 20) + 123);
       await blocks.put('big', data);
       const back = await blocks.get('big');
@@ -128,13 +140,7 @@ test('files: with too little address space for O_DIRECT buffers (ulimit -v) bloc
       console.log((back.equals(data) ? 'same' : 'different') + ', arena ' + arena);
       await blocks.close();
     })().catch((e) => { console.log('error ' + e.message); process.exit(1); });`;
-  const child = spawn('bash', ['-c', 'ulimit -v 8000000 && exec "$0" -e "$1"', process.execPath, script], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  // 'close', not 'exit': only then has all of the child's output been read.
-  const exit = await new Promise<string>((resolve) => child.on('close', (code, signal) => resolve(signal ?? `exit ${code}`)));
-  t.is(out.trim(), 'same, arena refused', `${exit}; stderr: ${err}`);
-  t.is(exit, 'exit 0', err);
+  const { out, code, signal } = await runNode(script, [distLib, dir], { addressSpaceKb: 8_000_000 });
+  t.is(out.trim(), 'same, arena refused', `exit ${code}, signal ${signal}`);
+  t.is(code, 0);
 });
