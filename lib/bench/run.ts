@@ -590,7 +590,7 @@ async function wakeupRoundTrip(): Promise<number> {
   }
 }
 
-function machine(): BenchReport['machine'] {
+async function machine(): Promise<BenchReport['machine']> {
   const cpus = os.cpus();
   return {
     cpus: cpus.length,
@@ -601,7 +601,7 @@ function machine(): BenchReport['machine'] {
     node: process.version,
     loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
     newMemoryMBps: newMemoryRate(),
-    wakeupRoundTripUs: 0, // measured by the caller (async)
+    wakeupRoundTripUs: await wakeupRoundTrip(),
   };
 }
 
@@ -735,7 +735,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchReport> {
     finishedAt: '',
     seconds: 0,
     command: cfg.command,
-    machine: { ...machine(), wakeupRoundTripUs: await wakeupRoundTrip() },
+    machine: await machine(),
     config: {
       meta: parseMetaUrl(plan.metaUrl, cfg.meta).describe,
       data: plan.dataUrl ? parseBlockUrl(plan.dataUrl, cfg.data).describe : `${parseMetaUrl(plan.metaUrl, cfg.meta).describe} (embedded block store)`,

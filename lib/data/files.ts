@@ -176,7 +176,7 @@ export class FileBlocks implements BlockStore {
   private closed = false;
   /** Where small puts go instead of files (keepSmallBlocksIn). */
   private small: SmallBlockTable | undefined;
-  /** O_DIRECT for block files; turned off for good by the first EINVAL (direct-io.ts). */
+  /** O_DIRECT for block files; off for good after the first EINVAL or without the arena (direct-io.ts). */
   private direct: boolean;
   private readonly slots = new AlignedSlots();
 
@@ -293,6 +293,12 @@ export class FileBlocks implements BlockStore {
     return this.direct;
   }
 
+  /** An error of a direct open or I/O: EINVAL (refused) turns direct I/O off for good, else rethrown. */
+  private directRefused(err: unknown): void {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    this.direct = false;
+  }
+
   /** The block's file, written and fdatasynced: with O_DIRECT where it works (direct-io.ts). */
   private async writeFile(file: string, data: Buffer): Promise<void> {
     if (this.useDirect() && data.length <= this.slots.slotSize && (await this.writeDirect(file, data))) return;
@@ -315,8 +321,7 @@ export class FileBlocks implements BlockStore {
     try {
       fd = await openAsync(file, DIRECT_WRITE, 0o644);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      this.direct = false;
+      this.directRefused(err);
       return false;
     }
     try {
@@ -328,8 +333,7 @@ export class FileBlocks implements BlockStore {
           for (let done = 0; done < padded; ) done += (await writeAsync(fd, slot, done, padded - done, done)).bytesWritten;
         });
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-        this.direct = false;
+        this.directRefused(err);
         return false;
       }
       if (padded !== data.length) await ftruncateAsync(fd, data.length);
@@ -398,8 +402,7 @@ export class FileBlocks implements BlockStore {
     try {
       fd = await openAsync(file, DIRECT_READ);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      this.direct = false;
+      this.directRefused(err);
       return undefined;
     }
     try {
@@ -419,8 +422,7 @@ export class FileBlocks implements BlockStore {
         return n < size ? into.subarray(0, n) : into;
       });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      this.direct = false;
+      this.directRefused(err);
       return undefined;
     } finally {
       fs.closeSync(fd);
