@@ -29,6 +29,9 @@ const backgroundScope = new AsyncResource('kvfs.background-commit');
  */
 const PIECE = 64 * 1024;
 
+/** Map re-reads for one block read while other mounts keep replacing the block (see blockMissing). */
+const MISSING_BLOCK_ROUNDS = 8;
+
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
 class DirtyBlock {
   private buf: Buffer;
@@ -188,6 +191,7 @@ export class OpenFile {
     for (const block of this.dirty.values()) block.release();
     this.dirty = new Map();
     this.chunks.clear();
+    this.chunkLoads.clear();
   }
 
   /**
@@ -202,17 +206,48 @@ export class OpenFile {
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
     this.chunks.clear();
+    this.chunkLoads.clear();
     this.prefetchedThrough = -1;
     this.size = attr.size;
   }
 
-  private async chunkMap(chunk: number): Promise<ChunkMap> {
-    let map = this.chunks.get(chunk);
-    if (!map) {
-      map = await this.meta.readChunk(this.ino, chunk);
-      this.chunks.set(chunk, map);
+  /**
+   * Block map reads in flight, by chunk. Concurrent readers of one chunk share one read, so that
+   * two FUSE requests for parts of one block never see the map at two different revisions (one
+   * part from before another mount's rewrite, the other from after it: a torn block).
+   */
+  private chunkLoads = new Map<number, Promise<ChunkMap>>();
+
+  private chunkMap(chunk: number): ChunkMap | Promise<ChunkMap> {
+    const map = this.chunks.get(chunk);
+    if (map) return map;
+    let load = this.chunkLoads.get(chunk);
+    if (!load) {
+      const started: Promise<ChunkMap> = this.meta.readChunk(this.ino, chunk).then(
+        (read) => {
+          // Installed only if nothing newer (a commit, a revalidation) superseded this read meanwhile.
+          if (this.chunkLoads.get(chunk) === started) {
+            this.chunkLoads.delete(chunk);
+            this.chunks.set(chunk, read);
+          }
+          return read;
+        },
+        (err: unknown) => {
+          if (this.chunkLoads.get(chunk) === started) this.chunkLoads.delete(chunk);
+          throw err;
+        },
+      );
+      this.chunkLoads.set(chunk, (load = started));
     }
-    return map;
+    return load;
+  }
+
+  /**
+   * Forgets `map` as chunk `chunk`'s block map because a block it names is gone (another mount
+   * replaced it), unless a newer map has already taken its place.
+   */
+  private dropStaleMap(chunk: number, map: ChunkMap): void {
+    if (this.chunks.get(chunk) === map) this.chunks.delete(chunk);
   }
 
   private async committedRef(index: number): Promise<BlockRef | undefined> {
@@ -221,15 +256,28 @@ export class OpenFile {
 
   /** The committed content of block `index` (its valid bytes only), or undefined for a hole. */
   private async committedBlock(index: number): Promise<Buffer | undefined> {
+    const chunk = Math.floor(index / CHUNK_BLOCKS);
+    let missing: number | undefined;
     for (let attempt = 0; ; attempt++) {
-      const ref = await this.committedRef(index);
+      const map = await this.chunkMap(chunk);
+      const ref = map.get(index % CHUNK_BLOCKS);
       if (!ref) return undefined;
       const data = await this.cache.get(this.store, ref.id);
       if (data) return data.length > ref.len ? data.subarray(0, ref.len) : data;
-      // Another mount replaced and deleted this block since we read the map: read the map again.
-      if (attempt > 0) throw new FsError('EIO', `block ${ref.id} of inode ${this.ino} is missing from the block store`);
-      this.chunks.delete(Math.floor(index / CHUNK_BLOCKS));
+      missing = this.blockMissing(chunk, map, ref.id, missing, attempt);
     }
+  }
+
+  /**
+   * A block that `map` names is gone from the store: another mount replaced it (and deleted the
+   * old one) since the map was read, so read the map again. Returns the missing id. A writer
+   * that keeps rewriting the file can make that happen more than once in a row; the same block
+   * missing again after a fresh map, or too many rounds, is a lost block: EIO.
+   */
+  private blockMissing(chunk: number, map: ChunkMap, id: number, previous: number | undefined, attempt: number): number {
+    if (id === previous || attempt >= MISSING_BLOCK_ROUNDS) throw new FsError('EIO', `block ${id} of inode ${this.ino} is missing from the block store`);
+    this.dropStaleMap(chunk, map);
+    return id;
   }
 
   /**
@@ -317,8 +365,11 @@ export class OpenFile {
    * them (cached by piece), or from the whole block if it is cached by now.
    */
   private async readPieces(index: number, lo: number, hi: number, out: Buffer): Promise<void> {
+    const chunk = Math.floor(index / CHUNK_BLOCKS);
+    let missing: number | undefined;
     for (let attempt = 0; ; attempt++) {
-      const ref = await this.committedRef(index);
+      const map = await this.chunkMap(chunk);
+      const ref = map.get(index % CHUNK_BLOCKS);
       const len = ref ? Math.min(ref.len, hi) : 0;
       const whole = ref && this.cache.peek(ref.id);
       let pos = lo;
@@ -330,9 +381,7 @@ export class OpenFile {
         for (let p = first; p * PIECE < len; p++) pieces.push(this.cache.getPiece(this.store, ref.id, p * PIECE, Math.min(PIECE, ref.len - p * PIECE)));
         const got = await Promise.all(pieces);
         if (got.some((piece) => !piece)) {
-          // Another mount replaced and deleted this block since we read the map: read the map again.
-          if (attempt > 0) throw new FsError('EIO', `block ${ref.id} of inode ${this.ino} is missing from the block store`);
-          this.chunks.delete(Math.floor(index / CHUNK_BLOCKS));
+          missing = this.blockMissing(chunk, map, ref.id, missing, attempt);
           continue;
         }
         for (let k = 0; k < got.length && pos < len; k++) {
@@ -491,6 +540,8 @@ export class OpenFile {
         const { attr, replaced } = await this.meta.commitBlocks(this.ino, writes, size, mtime);
         this.options.onCommit(attr);
         for (const { index, ref } of writes) {
+          // A map read that started before this commit must not overwrite what it committed.
+          this.chunkLoads.delete(Math.floor(index / CHUNK_BLOCKS));
           const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
           if (map) map.set(index % CHUNK_BLOCKS, ref);
           const block = blocks.get(index)!;
@@ -537,6 +588,7 @@ export class OpenFile {
     await this.flush();
     const { attr, released } = await this.meta.truncate(this.ino, size);
     this.chunks.clear();
+    this.chunkLoads.clear();
     this.size = attr.size;
     if (released.length) this.releaseBlocks(released);
     return attr;
