@@ -2,9 +2,11 @@
 // content, so a cached block can never be stale; only its deletion matters, and a reader that finds
 // a block gone re-reads the block map (lib/fs/file.ts). Pieces of blocks (ranges read for random
 // reads) are cached beside whole blocks, under 'ID@OFFSET'; they are as immutable as the block.
+// A block with parts (lib/meta/schema.ts BlockPart) is cached composed, under its newest part's id.
 
 import { LRUCache } from 'lru-cache';
 import { copyInto, type BlockStore } from '../data/store';
+import { contentId, refIds, type BlockRef } from '../meta/schema';
 import { BufferPool } from './pool';
 
 /** How --cache-size is shared out: cached blocks, and spare buffers kept for reuse. */
@@ -59,6 +61,38 @@ export class BlockCache {
       // cache: peak RSS 529 -> 501 MiB).
       return data && copyInto(data, take);
     });
+  }
+
+  /**
+   * The content of the block `ref` names: the stored block, or with parts, the block with its
+   * parts laid over it (all fetched at once, composed once, cached under contentId). A block
+   * longer than `ref.len` is returned whole (callers use `ref.len` bytes); a composed one is
+   * exactly `ref.len`. Undefined when any of its objects is missing (another mount replaced the
+   * block and deleted them).
+   */
+  getBlock(store: BlockStore, ref: BlockRef): Promise<Buffer | undefined> {
+    if (!ref.parts?.length) return this.get(store, ref.id);
+    return this.load(contentId(ref), async () => {
+      const parts = ref.parts!;
+      const [base, ...pieces] = await Promise.all(refIds(ref).map((id) => (id === ref.id && this.lru.get(id)) || store.get(String(id))));
+      if (!base || pieces.some((piece) => !piece)) return undefined;
+      const out = this.pool.take(ref.len);
+      const copied = base.copy(out, 0, 0, Math.min(base.length, ref.len));
+      if (copied < ref.len) out.fill(0, copied, ref.len);
+      parts.forEach((part, k) => {
+        if (part.at < ref.len) pieces[k]!.copy(out, part.at, 0, Math.min(part.len, ref.len - part.at));
+      });
+      return out;
+    });
+  }
+
+  /** The content of `ref` if it is cached (see getBlock), else undefined; never fetches. */
+  peekBlock(ref: BlockRef): Buffer | undefined {
+    return this.lru.get(contentId(ref));
+  }
+
+  prefetchBlock(store: BlockStore, ref: BlockRef): void {
+    if (!this.lru.has(contentId(ref))) this.getBlock(store, ref).catch(() => undefined);
   }
 
   /**

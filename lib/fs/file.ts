@@ -9,9 +9,9 @@
 import { AsyncResource } from 'node:async_hooks';
 import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
-import type { Attr, BlockRef, ChunkMap } from '../meta/schema';
-import { CHUNK_BLOCKS, nowNs } from '../meta/schema';
-import type { Meta } from '../meta/meta';
+import type { Attr, BlockPart, BlockRef, ChunkMap } from '../meta/schema';
+import { CHUNK_BLOCKS, contentId, nowNs } from '../meta/schema';
+import { BaseChangedError, type BlockWrite, type Meta } from '../meta/meta';
 import type { DirtyBudget } from './budget';
 import type { BlockCache } from './cache';
 import type { BufferPool } from './pool';
@@ -32,11 +32,28 @@ const PIECE = 64 * 1024;
 /** Map re-reads for one block read while other mounts keep replacing the block (see blockMissing). */
 const MISSING_BLOCK_ROUNDS = 8;
 
+/**
+ * When a commit stores only the changed bytes of a block as parts (lib/meta/schema.ts
+ * BlockPart) instead of the whole block again: while the block would then have at most this many
+ * parts, holding at most a quarter of a block between them. Past that the commit stores the
+ * whole block (so a read of a block fetches at most 1 + MAX_PARTS objects, and parts never hold
+ * much more than the block itself).
+ */
+const MAX_PARTS = 32;
+
+/** Separate changed ranges a dirty block tracks; more are merged into one covering range. */
+const MAX_RANGES = 8;
+
 /** A block being modified in memory. Its buffer grows as needed, up to the block size. */
 class DirtyBlock {
   private buf: Buffer;
   /** Bytes of the block that hold file data; past this the block reads as zeros. */
   len: number;
+  /**
+   * Byte ranges [from, to) written since the block left `baseRef`, sorted and disjoint (gaps a
+   * write zero-filled included): what a commit as parts stores.
+   */
+  readonly ranges: Array<[number, number]> = [];
 
   /**
    * `capacity`: bytes to allocate now; small files start small, streams get a whole block (from
@@ -48,6 +65,8 @@ class DirtyBlock {
     private readonly blockSize: number,
     private readonly budget: DirtyBudget,
     private readonly pool: BufferPool,
+    /** The committed block the buffer started from, when it may be committed as parts of it. */
+    readonly baseRef?: BlockRef,
   ) {
     // Unzeroed memory is fine: bytes past `len` are never read, and gaps are zeroed in write().
     this.buf = this.alloc(Math.max(base.length, capacity));
@@ -76,7 +95,24 @@ class DirtyBlock {
     }
     if (offset > this.len) this.buf.fill(0, this.len, offset);
     data.copy(this.buf, offset);
+    this.changed(Math.min(offset, this.len), end);
     this.len = Math.max(this.len, end);
+  }
+
+  /** Adds [from, to) to the changed ranges, merging those it touches. */
+  private changed(from: number, to: number): void {
+    if (from >= to) return;
+    const r = this.ranges;
+    let i = 0;
+    while (i < r.length && r[i][1] < from) i++;
+    let j = i;
+    while (j < r.length && r[j][0] <= to) {
+      from = Math.min(from, r[j][0]);
+      to = Math.max(to, r[j][1]);
+      j++;
+    }
+    r.splice(i, j - i, [from, to]);
+    if (r.length > MAX_RANGES) r.splice(0, r.length, [r[0][0], r[r.length - 1][1]]);
   }
 
   /** The block's valid bytes (a view; the block must not be written after it is committed). */
@@ -119,6 +155,12 @@ class Lock {
     );
     return result;
   }
+}
+
+/** The committed content a partly overwritten block starts from, and the reference it came through (none for a hole). */
+interface Base {
+  data: Buffer;
+  ref?: BlockRef;
 }
 
 export interface OpenFileOptions {
@@ -256,15 +298,20 @@ export class OpenFile {
 
   /** The committed content of block `index` (its valid bytes only), or undefined for a hole. */
   private async committedBlock(index: number): Promise<Buffer | undefined> {
+    return (await this.committedContent(index))?.data;
+  }
+
+  /** committedBlock() with the reference it was read through. */
+  private async committedContent(index: number): Promise<{ ref: BlockRef; data: Buffer } | undefined> {
     const chunk = Math.floor(index / CHUNK_BLOCKS);
     let missing: number | undefined;
     for (let attempt = 0; ; attempt++) {
       const map = await this.chunkMap(chunk);
       const ref = map.get(index % CHUNK_BLOCKS);
       if (!ref) return undefined;
-      const data = await this.cache.get(this.store, ref.id);
-      if (data) return data.length > ref.len ? data.subarray(0, ref.len) : data;
-      missing = this.blockMissing(chunk, map, ref.id, missing, attempt);
+      const data = await this.cache.getBlock(this.store, ref);
+      if (data) return { ref, data: data.length > ref.len ? data.subarray(0, ref.len) : data };
+      missing = this.blockMissing(chunk, map, contentId(ref), missing, attempt);
     }
   }
 
@@ -292,7 +339,7 @@ export class OpenFile {
     if (!map) return undefined;
     const ref = map.get(index % CHUNK_BLOCKS);
     if (!ref) return null;
-    const data = this.cache.peek(ref.id);
+    const data = this.cache.peekBlock(ref);
     if (!data) return undefined;
     return data.length > ref.len ? data.subarray(0, ref.len) : data;
   }
@@ -302,8 +349,8 @@ export class OpenFile {
     if (this.dirty.has(index) || this.committing?.has(index)) return;
     const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
     const ref = map?.get(index % CHUNK_BLOCKS);
-    if (ref) this.cache.prefetch(this.store, ref.id);
-    else if (!map) this.committedRef(index).then((r) => r && this.cache.prefetch(this.store, r.id), () => undefined);
+    if (ref) this.cache.prefetchBlock(this.store, ref);
+    else if (!map) this.committedRef(index).then((r) => r && this.cache.prefetchBlock(this.store, r), () => undefined);
   }
 
   private lastReadEnd = -1;
@@ -371,8 +418,13 @@ export class OpenFile {
       const map = await this.chunkMap(chunk);
       const ref = map.get(index % CHUNK_BLOCKS);
       const len = ref ? Math.min(ref.len, hi) : 0;
-      const whole = ref && this.cache.peek(ref.id);
+      // A block with parts is only read whole (composed), never in pieces of its base.
+      const whole = ref && (ref.parts?.length ? await this.cache.getBlock(this.store, ref) : this.cache.peekBlock(ref));
       let pos = lo;
+      if (ref?.parts?.length && !whole) {
+        missing = this.blockMissing(chunk, map, contentId(ref), missing, attempt);
+        continue;
+      }
       if (whole) {
         if (Math.min(len, whole.length) > lo) pos += whole.copy(out, 0, lo, Math.min(len, whole.length));
       } else if (ref && len > lo) {
@@ -425,11 +477,11 @@ export class OpenFile {
       // Committed content of partly overwritten blocks. Asked again after every read: a block
       // whose commit finished meanwhile is no longer in memory and needs its base read too.
       // (Blocks read stay valid: only writes, which wait for this lock, make blocks dirty.)
-      const bases = new Map<number, Buffer>();
+      const bases = new Map<number, Base>();
       for (;;) {
         const needed = this.basesNeeded(position, data.length).filter((index) => !bases.has(index));
         if (needed.length === 0) break;
-        for (const index of needed) bases.set(index, (await this.committedBlock(index)) ?? Buffer.alloc(0));
+        for (const index of needed) bases.set(index, (await this.committedContent(index)) ?? { data: Buffer.alloc(0) });
       }
       this.place(position, data, bases);
     });
@@ -454,7 +506,7 @@ export class OpenFile {
   }
 
   /** Copies `data` into dirty blocks; `bases` holds the committed content basesNeeded() named. */
-  private place(position: number, data: Buffer, bases: Map<number, Buffer>): void {
+  private place(position: number, data: Buffer, bases: Map<number, Base>): void {
     const bs = this.blockSize;
     let offset = 0;
     while (offset < data.length) {
@@ -473,7 +525,10 @@ export class OpenFile {
           validInBlock === 0 && (index > 0 || inBlock + n >= 128 * 1024) ? bs : Math.min(bs, Math.max(validInBlock, inBlock + n));
         const inFlight = this.committing?.get(index);
         if (inFlight) block = inFlight.copy(capacity);
-        else block = new DirtyBlock(bases.get(index) ?? Buffer.alloc(0), capacity, bs, this.options.budget, this.cache.pool);
+        else {
+          const base = bases.get(index);
+          block = new DirtyBlock(base?.data ?? Buffer.alloc(0), capacity, bs, this.options.budget, this.cache.pool, base?.ref);
+        }
         if (this.dirty.size === 0) this.dirtySince = Date.now();
         if (block.len > validInBlock) block.len = validInBlock;
         this.dirty.set(index, block);
@@ -531,21 +586,38 @@ export class OpenFile {
       const size = this.size;
       const mtime = this.pendingMtime ?? nowNs();
       try {
-        const list = [...blocks];
-        const ids = await this.meta.allocBlockIds(list.length);
-        await Promise.all(list.map(([, block], k) => this.store.put(String(ids[k]), block.data())));
+        const writes = await this.storeBlocks(blocks);
         // Dropped while uploading (session lost): these writes must not be committed any more.
         if (this.poisoned) throw this.poisoned;
-        const writes = list.map(([index, block], k) => ({ index, ref: { id: ids[k], len: block.len } }));
-        const { attr, replaced } = await this.meta.commitBlocks(this.ino, writes, size, mtime);
+        let committed: { attr: Attr; replaced: number[] } | undefined;
+        while (!committed) {
+          try {
+            committed = await this.meta.commitBlocks(this.ino, writes, size, mtime);
+          } catch (err) {
+            if (!(err instanceof BaseChangedError)) throw err;
+            // Another mount replaced blocks these parts were written over: store those blocks
+            // whole instead, so the last commit of a block wins as a whole, as it does without
+            // parts. (Whole blocks cannot conflict so: at most one more round per block.)
+            const redo = writes.filter((w) => w.base && err.indexes.includes(w.index));
+            if (redo.length === 0) throw err;
+            const unused = redo.flatMap((w) => w.ref.parts!.slice(w.base!.parts?.length ?? 0).map((part) => String(part.id)));
+            const whole = await this.storeBlocks(new Map(redo.map((w) => [w.index, blocks.get(w.index)!])), false);
+            for (const w of whole) writes[writes.findIndex((old) => old.index === w.index)] = w;
+            this.store.delete(unused).catch(() => undefined);
+            if (this.poisoned) throw this.poisoned;
+          }
+        }
+        const { attr, replaced } = committed;
         this.options.onCommit(attr);
-        for (const { index, ref } of writes) {
+        for (const { index, ref, base } of writes) {
           // A map read that started before this commit must not overwrite what it committed.
           this.chunkLoads.delete(Math.floor(index / CHUNK_BLOCKS));
           const map = this.chunks.get(Math.floor(index / CHUNK_BLOCKS));
           if (map) map.set(index % CHUNK_BLOCKS, ref);
           const block = blocks.get(index)!;
-          this.cache.add(ref.id, block.data(), !block.compact);
+          // The base's content is superseded here; the new content is cached under its own id.
+          if (base) this.cache.remove(contentId(base));
+          this.cache.add(contentId(ref), block.data(), !block.compact);
         }
         if (this.dirty.size === 0) this.size = attr.size;
         else this.size = Math.max(this.size, attr.size);
@@ -568,6 +640,47 @@ export class OpenFile {
       }
       if (this.dirty.size === 0) this.pendingMtime = undefined;
     });
+  }
+
+  /**
+   * Stores dirty blocks under fresh ids: each block whole, or (`asParts`, on volumes that allow
+   * it) only its changed ranges, as new parts over the committed block it started from, while
+   * that keeps the block within MAX_PARTS parts holding at most a quarter of a block. Returns the
+   * block map changes to commit.
+   */
+  private async storeBlocks(blocks: Map<number, DirtyBlock>, asParts = this.meta.partsAllowed): Promise<BlockWrite[]> {
+    const plans = [...blocks].map(([index, block]) => ({ index, block, ranges: asParts ? this.partRanges(block) : undefined }));
+    const ids = await this.meta.allocBlockIds(plans.reduce((n, p) => n + (p.ranges ? p.ranges.length : 1), 0));
+    let next = 0;
+    const puts: Promise<void>[] = [];
+    const writes = plans.map(({ index, block, ranges }): BlockWrite => {
+      if (!ranges) {
+        const id = ids[next++];
+        puts.push(this.store.put(String(id), block.data()));
+        return { index, ref: { id, len: block.len } };
+      }
+      const base = block.baseRef!;
+      const parts = ranges.map(([from, to]): BlockPart => {
+        const id = ids[next++];
+        puts.push(this.store.put(String(id), block.data().subarray(from, to)));
+        return { id, at: from, len: to - from };
+      });
+      return { index, ref: { id: base.id, len: block.len, parts: [...(base.parts ?? []), ...parts] }, base };
+    });
+    await Promise.all(puts);
+    return writes;
+  }
+
+  /** The ranges to store as parts of `block`, or undefined when it is to be stored whole. */
+  private partRanges(block: DirtyBlock): Array<[number, number]> | undefined {
+    const base = block.baseRef;
+    if (!base || block.ranges.length === 0) return undefined;
+    const old = base.parts ?? [];
+    let bytes = 0;
+    for (const part of old) bytes += part.len;
+    for (const [from, to] of block.ranges) bytes += to - from;
+    if (old.length + block.ranges.length > MAX_PARTS || bytes > this.blockSize / 4) return undefined;
+    return block.ranges;
   }
 
   /** Truncate: commit pending writes, then cut the committed file. */

@@ -36,6 +36,7 @@ import {
   encodeEntry,
   keys,
   nowNs,
+  refIds,
   typeBits,
 } from '../meta/schema';
 
@@ -248,6 +249,11 @@ function parseSnapshot(pairs: KvPair[]): Snapshot {
           const map = decodeChunk(value);
           for (const ref of map.values()) {
             if (!Number.isSafeInteger(ref.id) || !Number.isFinite(ref.len)) throw new Error('bad block reference');
+            for (const part of ref.parts ?? []) {
+              if (!Number.isSafeInteger(part.id) || !Number.isSafeInteger(part.at) || !Number.isSafeInteger(part.len) || part.at < 0 || part.len <= 0) {
+                throw new Error('bad block part');
+              }
+            }
           }
           const list = s.chunks.get(ino) ?? [];
           list.push({ chunk: parseInt(rest, 16), map, key });
@@ -635,17 +641,19 @@ async function check(meta: Meta, store: BlockStore, options: FsckOptions): Promi
   const shared = new Map<number, Array<{ ino: number; index: number }>>();
   for (const [ino, list] of snap.chunks) {
     for (const c of list) {
-      for (const [i, ref] of c.map) {
+      for (const ref of c.map.values()) {
         stats.blockRefs++;
-        if (referenced.has(ref.id)) shared.set(ref.id, []);
-        referenced.add(ref.id);
+        for (const id of refIds(ref)) {
+          if (referenced.has(id)) shared.set(id, []);
+          referenced.add(id);
+        }
       }
     }
   }
   if (shared.size > 0) {
     for (const [ino, list] of snap.chunks) {
       if (!snap.attrs.has(ino)) continue;
-      for (const c of list) for (const [i, ref] of c.map) shared.get(ref.id)?.push({ ino, index: c.chunk * CHUNK_BLOCKS + i });
+      for (const c of list) for (const [i, ref] of c.map) for (const id of refIds(ref)) shared.get(id)?.push({ ino, index: c.chunk * CHUNK_BLOCKS + i });
     }
   }
   if (snap.keyCount >= every) progress(`kvfs fsck: read ${snap.keyCount} metadata keys (${stats.inodes} inodes, ${stats.blockRefs} block references); listing the block store`);
@@ -659,10 +667,10 @@ async function check(meta: Meta, store: BlockStore, options: FsckOptions): Promi
     for (const [ino, list] of snap.chunks) {
       for (const c of list) {
         let hit = false;
-        for (const ref of c.map.values()) if (listed.missing.has(ref.id)) hit = true;
+        for (const ref of c.map.values()) if (refIds(ref).some((id) => listed.missing.has(id))) hit = true;
         if (!hit) continue;
         const now = decodeChunk(await kv.get(keys.chunk(ino, c.chunk)));
-        for (const ref of now.values()) if (listed.missing.has(ref.id)) stillReferenced.add(ref.id);
+        for (const ref of now.values()) for (const id of refIds(ref)) if (listed.missing.has(id)) stillReferenced.add(id);
       }
     }
     for (const id of stillReferenced) if ((await store.get(String(id))) === undefined) confirmed.add(id);
@@ -684,18 +692,21 @@ async function check(meta: Meta, store: BlockStore, options: FsckOptions): Promi
         const index = c.chunk * CHUNK_BLOCKS + i;
         const offset = index * bs;
         sum += Math.min(Math.max(ref.len, 0), bs);
-        maxBlockId = Math.max(maxBlockId, ref.id);
-        if (confirmed.has(ref.id)) {
+        const ids = refIds(ref);
+        maxBlockId = Math.max(maxBlockId, ...ids);
+        for (const id of ids) {
+          if (!confirmed.has(id)) continue;
+          const what = id === ref.id ? `block id ${id}` : `block id ${ref.id} with part ${id}`;
           const problem = add({
             kind: 'missing-block',
             ino,
             path: p,
             index,
-            blockId: ref.id,
-            message: `${p}: block ${index} (bytes ${offset}-${offset + ref.len - 1}) is block id ${ref.id}, which is missing from the block store`,
+            blockId: id,
+            message: `${p}: block ${index} (bytes ${offset}-${offset + ref.len - 1}) is ${what}, which is missing from the block store`,
           });
           const f = fixFor(ino);
-          f.missing.add(ref.id);
+          f.missing.add(id);
           f.problems.push(problem);
         }
         if (!(ref.len > 0 && ref.len <= bs)) {
@@ -724,9 +735,10 @@ async function check(meta: Meta, store: BlockStore, options: FsckOptions): Promi
             }),
           );
         }
-        const uses = shared.get(ref.id);
-        if (uses && uses.length > 1 && !confirmed.has(ref.id)) {
-          shared.delete(ref.id); // report each shared id once, where it is first referenced
+        for (const id of ids) {
+          const uses = shared.get(id);
+          if (!uses || uses.length <= 1 || confirmed.has(id)) continue;
+          shared.delete(id); // report each shared id once, where it is first referenced
           const where = uses.map((u) => `${pathOf(u.ino)} block ${u.index}`);
           const problem = add({
             kind: 'shared-block',
@@ -734,10 +746,10 @@ async function check(meta: Meta, store: BlockStore, options: FsckOptions): Promi
             path: p,
             paths: uses.map((u) => pathOf(u.ino)),
             index,
-            blockId: ref.id,
-            message: `block id ${ref.id} is referenced ${uses.length} times (${where.join(', ')}); when one of them is replaced or removed, the block is deleted under the others`,
+            blockId: id,
+            message: `block id ${id} is referenced ${uses.length} times (${where.join(', ')}); when one of them is replaced or removed, the block is deleted under the others`,
           });
-          plan.copies.push({ id: ref.id, keep: uses[0], others: uses.slice(1), problem });
+          plan.copies.push({ id, keep: uses[0], others: uses.slice(1), problem });
         }
       }
     }
@@ -1138,8 +1150,13 @@ async function repairAll(meta: Meta, store: BlockStore, plan: Plan, done: (p: Pr
           const key = keys.chunk(o.ino, Math.floor(o.index / CHUNK_BLOCKS));
           const map = decodeChunk(await tx.get(key));
           const ref = map.get(o.index % CHUNK_BLOCKS);
-          if (!ref || ref.id !== c.id) throw new Changed(`the block map of inode ${o.ino}`);
-          map.set(o.index % CHUNK_BLOCKS, { id: copy, len: ref.len });
+          if (!ref || !refIds(ref).includes(c.id)) throw new Changed(`the block map of inode ${o.ino}`);
+          // The same id twice in one reference (base and part, or two parts): all of them get the copy.
+          map.set(o.index % CHUNK_BLOCKS, {
+            id: ref.id === c.id ? copy : ref.id,
+            len: ref.len,
+            ...(ref.parts && { parts: ref.parts.map((part) => (part.id === c.id ? { ...part, id: copy } : part)) }),
+          });
           tx.put(key, encodeChunk(map));
           attr.ctime = nowNs();
           tx.put(keys.attr(o.ino), encodeAttr(attr));
@@ -1254,10 +1271,12 @@ async function repairBlocks(r: Repairer, ino: number, missing: Set<number>, bs: 
           const offset = index * bs;
           let len = ref.len;
           let drop = false;
-          if (missing.has(ref.id)) {
+          const lostId = refIds(ref).find((id) => missing.has(id));
+          if (lostId !== undefined) {
+            // A missing part loses the whole block too: the base without it is not the file's data.
             drop = true;
             txLost += Math.min(Math.max(len, 0), bs);
-            txNotes.push(`data lost at bytes ${offset}-${offset + Math.min(Math.max(len, 1), bs) - 1} (block ${index}, id ${ref.id}): reads as zeros`);
+            txNotes.push(`data lost at bytes ${offset}-${offset + Math.min(Math.max(len, 1), bs) - 1} (block ${index}, id ${lostId}): reads as zeros`);
           } else if (!(len > 0)) {
             drop = true;
             txNotes.push(`block ${index} (id ${ref.id}) with length ${len} removed`);
@@ -1283,7 +1302,7 @@ async function repairBlocks(r: Repairer, ino: number, missing: Set<number>, bs: 
             changed = true;
           } else {
             if (len !== ref.len) {
-              map.set(i, { id: ref.id, len });
+              map.set(i, { ...ref, len });
               changed = true;
             }
             used += len;

@@ -38,7 +38,7 @@
 
 import type { BlockStore } from '../data/store';
 import type { Meta } from '../meta/meta';
-import { decodeAttr, decodeChunk, keys } from '../meta/schema';
+import { decodeAttr, decodeChunk, keys, refIds } from '../meta/schema';
 
 export interface GcOptions {
   /** Delete (default: dry run). */
@@ -104,7 +104,7 @@ async function referencedIds(meta: Meta, every: number, progress: (line: string)
       // A{16 hex}C{8 hex}
       if (key.length !== 26 || key[17] !== 'C') continue;
       try {
-        for (const ref of decodeChunk(value).values()) ids.add(ref.id);
+        for (const ref of decodeChunk(value).values()) for (const id of refIds(ref)) ids.add(id);
       } catch {
         // An undecodable block map: fsck reports it. Its blocks cannot be told apart, so gc stops.
         throw new Error(`block map ${key} cannot be decoded; run kvfs fsck (gc deletes nothing while a block map is unreadable)`);

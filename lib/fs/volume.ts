@@ -10,7 +10,7 @@ import type { BlockStore } from '../data/store';
 import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta, SessionInfo, VolumeSummary } from '../meta/meta';
 import type { Metrics } from './metrics';
-import { FORMAT_VERSION, PLAIN_FORMAT_VERSION, VolumeSettings } from '../meta/schema';
+import { FORMAT_VERSION, VolumeSettings } from '../meta/schema';
 
 export interface Volume {
   meta: Meta;
@@ -207,14 +207,13 @@ function newSettings(name: string, dataUrl: string, blockSize: number): VolumeSe
     uuid: randomUUID(),
     dataUrl: redactUrl(dataUrl),
     blockSize,
-    formatVersion: PLAIN_FORMAT_VERSION,
+    formatVersion: FORMAT_VERSION,
     createdAt: new Date().toISOString(),
   };
 }
 
 /** Makes settings encrypted with `key` (after the uuid is final: the key check depends on it). */
 function encrypt(settings: VolumeSettings, key: EncryptionKey): void {
-  settings.formatVersion = FORMAT_VERSION;
   settings.encryption = encryptionSettings(key, settings.uuid);
 }
 

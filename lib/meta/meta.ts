@@ -25,6 +25,9 @@ import {
   decodeChunk,
   decodeEntry,
   encodeAttr,
+  PARTS_FORMAT_VERSION,
+  refIds,
+  sameRef,
   encodeChunk,
   encodeEntry,
   keys,
@@ -61,6 +64,22 @@ export interface BlockWrite {
   /** Block index within the file. */
   index: number;
   ref: BlockRef;
+  /**
+   * Set when `ref` is `base` plus new parts: the commit applies only while the file's block is
+   * still `base` (else it throws BaseChangedError and the caller stores the whole block).
+   */
+  base?: BlockRef;
+}
+
+/**
+ * A commit of parts found that another commit (usually another mount's) replaced the blocks the
+ * parts were written over. Nothing was committed; `indexes` are the blocks to store whole.
+ */
+export class BaseChangedError extends Error {
+  constructor(readonly indexes: number[]) {
+    super(`blocks ${indexes.join(', ')} changed under a commit of parts`);
+    this.name = 'BaseChangedError';
+  }
 }
 
 /** The outcome of removing a name: the inode it pointed to, and whether that was its last name. */
@@ -146,6 +165,8 @@ function chunkOf(blockIndex: number): number {
 
 export class Meta {
   readonly blockSize: number;
+  /** Block maps may list parts (format 3 and later; older volumes stay readable by older kvfs). */
+  readonly partsAllowed: boolean;
   private readonly inodes: IdAllocator;
   private readonly blockIds: IdAllocator;
 
@@ -154,6 +175,7 @@ export class Meta {
     readonly settings: VolumeSettings,
   ) {
     this.blockSize = settings.blockSize;
+    this.partsAllowed = settings.formatVersion >= PARTS_FORMAT_VERSION;
     this.inodes = new IdAllocator(kv, keys.inodeCounter, INODE_BATCH, ROOT_INO + 1);
     this.blockIds = new IdAllocator(kv, keys.blockCounter, BLOCK_ID_BATCH, 1);
   }
@@ -292,7 +314,7 @@ export class Meta {
   async blockIdsOf(ino: number): Promise<number[]> {
     const ids: number[] = [];
     for (const { value } of await this.kv.scan(keys.chunks(ino))) {
-      for (const ref of decodeChunk(value).values()) ids.push(ref.id);
+      for (const ref of decodeChunk(value).values()) ids.push(...refIds(ref));
     }
     return ids;
   }
@@ -540,7 +562,7 @@ export class Meta {
         const chunks = await tx.scan(keys.chunks(ino), { limit: CHUNKS_PER_TXN });
         const ids: number[] = [];
         for (const { key, value: chunk } of chunks) {
-          for (const ref of decodeChunk(chunk).values()) ids.push(ref.id);
+          for (const ref of decodeChunk(chunk).values()) ids.push(...refIds(ref));
           tx.delete(key);
         }
         const done = chunks.length < CHUNKS_PER_TXN;
@@ -653,7 +675,7 @@ export class Meta {
       let changed = false;
       for (const [i, ref] of map) {
         if (chunk * CHUNK_BLOCKS + i >= firstDropped) {
-          ids.push(ref.id);
+          ids.push(...refIds(ref));
           attr.used -= ref.len;
           map.delete(i);
           changed = true;
@@ -672,7 +694,7 @@ export class Meta {
       const ref = map.get(index % CHUNK_BLOCKS);
       if (ref && ref.len > tail) {
         attr.used -= ref.len - tail;
-        map.set(index % CHUNK_BLOCKS, { id: ref.id, len: tail });
+        map.set(index % CHUNK_BLOCKS, { ...ref, len: tail });
         tx.put(key, encodeChunk(map));
       }
     }
@@ -725,17 +747,22 @@ export class Meta {
       await tx.getMany([keys.attr(ino), ...[...byChunk.keys()].map((chunk) => keys.chunk(ino, chunk))]);
       const attr = await this.attrIn(tx, ino);
       const replaced: number[] = [];
+      const changed: number[] = [];
       for (const [chunk, list] of byChunk) {
         const key = keys.chunk(ino, chunk);
         const map = decodeChunk(await tx.get(key));
-        for (const { index, ref } of list) {
+        for (const { index, ref, base } of list) {
           const old = map.get(index % CHUNK_BLOCKS);
-          if (old && old.id !== ref.id) replaced.push(old.id);
+          if (base) {
+            // Parts keep the base and its older parts: nothing is replaced, if the base is current.
+            if (!old || !sameRef(old, base)) changed.push(index);
+          } else if (old && old.id !== ref.id) replaced.push(...refIds(old));
           attr.used += ref.len - (old?.len ?? 0);
           map.set(index % CHUNK_BLOCKS, ref);
         }
         tx.put(key, encodeChunk(map));
       }
+      if (changed.length) throw new BaseChangedError(changed);
       attr.size = Math.max(attr.size, size);
       attr.mtime = mtime;
       if (mtime > attr.ctime) attr.ctime = mtime;

@@ -23,12 +23,15 @@
 
 /**
  * The newest format this kvfs reads. 1: blocks in clear. 2: blocks may be encrypted
- * (VolumeSettings.encryption); only encrypted volumes are recorded as 2, so that a kvfs that
- * cannot decrypt refuses them instead of serving ciphertext as file data.
+ * (VolumeSettings.encryption); only encrypted volumes were recorded as 2, so that a kvfs that
+ * cannot decrypt refuses them instead of serving ciphertext as file data. 3: block maps may list
+ * parts (BlockRef.parts), which a kvfs of format 2 would ignore and so serve old data; volumes
+ * formatted since are 3, encrypted or not. Volumes of formats 1 and 2 are read and written as
+ * they are, without parts.
  */
-export const FORMAT_VERSION = 2;
-/** The format version of a volume without encryption (readable by every kvfs). */
-export const PLAIN_FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 3;
+/** The first format whose block maps may list parts. */
+export const PARTS_FORMAT_VERSION = 3;
 
 /** Blocks per chunk key. A commit therefore touches few keys; a file of N blocks has N/256 keys. */
 export const CHUNK_BLOCKS = 256;
@@ -168,21 +171,57 @@ export function decodeEntry(name: string, value: Buffer): Entry {
   return { name, ino: r.i, type: r.t };
 }
 
+/**
+ * Bytes written over a block after it was stored, stored apart as their own object (format 3):
+ * the object `id` holds exactly the `len` bytes that go at offset `at` of the block. A commit
+ * that changed little of a block (an append, a database page) stores only those bytes instead
+ * of the whole block again, as JuiceFS's slices do; a later commit writes the whole block anew
+ * once the parts pile up (lib/fs/file.ts).
+ */
+export interface BlockPart {
+  id: number;
+  at: number;
+  len: number;
+}
+
 /** One block of a file: the block's id in the block store and how many of its bytes are valid. */
 export interface BlockRef {
   id: number;
-  /** Bytes of the stored block that belong to the file; the rest of the block reads as zeros. */
+  /** Bytes of the block that belong to the file; the rest of the block reads as zeros. */
   len: number;
+  /** Parts over the stored block, oldest first (each newer one wins where they overlap). */
+  parts?: readonly BlockPart[];
+}
+
+/** Every object in the block store a block reference uses: its base block, then its parts. */
+export function refIds(ref: BlockRef): number[] {
+  return ref.parts ? [ref.id, ...ref.parts.map((p) => p.id)] : [ref.id];
+}
+
+/**
+ * The id a block's current content is known by (the block cache's key): its newest part, else its
+ * base. Unique per content: every commit that changes a block stores at least one new object.
+ */
+export function contentId(ref: BlockRef): number {
+  return ref.parts && ref.parts.length > 0 ? ref.parts[ref.parts.length - 1].id : ref.id;
+}
+
+/** Same block, same parts (a commit that adds parts checks that its base is still current). */
+export function sameRef(a: BlockRef, b: BlockRef): boolean {
+  return a.id === b.id && contentId(a) === contentId(b) && (a.parts?.length ?? 0) === (b.parts?.length ?? 0);
 }
 
 /** A chunk's block map: index within the chunk -> block. Missing indexes are holes. */
 export type ChunkMap = Map<number, BlockRef>;
 
-type ChunkRecord = Record<string, [number, number]>;
+/** [id, len] or, with parts, [id, len, [id, at, len, id, at, len, ...]]. */
+type ChunkRecord = Record<string, [number, number] | [number, number, number[]]>;
 
 export function encodeChunk(map: ChunkMap): Buffer {
   const record: ChunkRecord = {};
-  for (const [index, ref] of [...map].sort((a, b) => a[0] - b[0])) record[index] = [ref.id, ref.len];
+  for (const [index, ref] of [...map].sort((a, b) => a[0] - b[0])) {
+    record[index] = ref.parts && ref.parts.length > 0 ? [ref.id, ref.len, ref.parts.flatMap((p) => [p.id, p.at, p.len])] : [ref.id, ref.len];
+  }
   return Buffer.from(JSON.stringify(record));
 }
 
@@ -190,7 +229,16 @@ export function decodeChunk(value: Buffer | undefined): ChunkMap {
   const map: ChunkMap = new Map();
   if (!value) return map;
   const record = JSON.parse(value.toString()) as ChunkRecord;
-  for (const [index, [id, len]] of Object.entries(record)) map.set(Number(index), { id, len });
+  for (const [index, [id, len, flat]] of Object.entries(record)) {
+    if (!flat) {
+      map.set(Number(index), { id, len });
+      continue;
+    }
+    if (!Array.isArray(flat) || flat.length % 3 !== 0) throw new Error(`bad parts of block ${index}`);
+    const parts: BlockPart[] = [];
+    for (let k = 0; k < flat.length; k += 3) parts.push({ id: flat[k], at: flat[k + 1], len: flat[k + 2] });
+    map.set(Number(index), { id, len, parts });
+  }
   return map;
 }
 

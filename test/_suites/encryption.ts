@@ -169,7 +169,7 @@ export function encryptionSuite(test: TestFn, backend: Backend): void {
     t.is(settings.encryption?.kdf, 'hkdf-sha256');
     t.regex(settings.encryption?.keyCheck ?? '', /^[0-9a-f]{64}$/);
     t.not(settings.encryption?.keyCheck, key.hex);
-    t.is(settings.formatVersion, 2);
+    t.is(settings.formatVersion, 3); // FORMAT_VERSION: encrypted (2) and parts (3)
 
     const small = Buffer.from(`${MARKER}small file\n`);
     const text = markedText(5 * BLOCK + 1234); // 6 blocks, the last one short
