@@ -158,7 +158,8 @@ export interface BenchReport {
    * repetition: CPU time of the daemon process (all its threads) and of the bench process, and
    * for kvfs its own timers (control socket /metrics, reset before the loop): per FUSE
    * operation the count and the time in the handler, of which waiting on the metadata engine
-   * and on the block store; background = backend time outside any operation.
+   * and on the block store; background = backend time outside any operation; stored = objects
+   * and bytes put to the block store.
    */
   breakdown: { kvfs: Record<string, Breakdown[]>; noop: Record<string, Breakdown[]>; kvfsEncrypted: Record<string, Breakdown[]> };
   error?: string;
@@ -170,6 +171,12 @@ export interface OpTimes {
   totalMs: number;
   metaMs: number;
   dataMs: number;
+}
+
+/** What the daemon sent to the block store during a loop (its /metrics: lib/fs/metrics.ts). */
+export interface StoredBytes {
+  objects: number;
+  bytes: number;
 }
 
 export interface Breakdown {
@@ -187,6 +194,8 @@ export interface Breakdown {
   /** kvfs only: the daemon's own timers. */
   ops?: Record<string, OpTimes>;
   background?: OpTimes;
+  /** kvfs only: objects and bytes the daemon sent to the block store (write amplification). */
+  stored?: StoredBytes;
 }
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -492,8 +501,8 @@ function daemonProbe(home: string | undefined, mnt: string, pid: () => number | 
       record(name, entry);
       const socket = working ? controlSocket(home!, mnt) : undefined;
       if (!socket) return;
-      const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes }>(socket, '/metrics').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe', e); return undefined; });
-      if (snap?.ops) Object.assign(entry, { ops: snap.ops, background: snap.background });
+      const snap = await askDaemon<{ ops: Record<string, OpTimes>; background: OpTimes; stored?: StoredBytes }>(socket, '/metrics').catch((e) => { if (process.env.KVFS_DEBUG) console.error('probe', e); return undefined; });
+      if (snap?.ops) Object.assign(entry, { ops: snap.ops, background: snap.background, stored: snap.stored });
     },
   };
 }
@@ -1186,6 +1195,7 @@ export function formatReport(report: BenchReport): string {
   const names = Object.keys(report.breakdown.kvfs);
   if (names.length > 0) {
     const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    const mb = (bytes: number) => `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 0)} MB`;
     const cpu = (list: Breakdown[] | undefined) => {
       if (!list?.length) return '-';
       const wall = median(list.map((b) => b.wallMs));
@@ -1199,7 +1209,8 @@ export function formatReport(report: BenchReport): string {
     lines.push('Where the time went, per measured loop (medians): wall time; CPU time of the daemon (all threads)');
     lines.push('and how long its main thread waited for a CPU while runnable (other processes); CPU time of the bench.');
     lines.push('Then the kvfs daemon\'s own timers (last repetition): FUSE requests by op; time inside handlers =');
-    lines.push('waiting on metadata + on blocks + the rest (daemon code, copies, GC); backend time outside requests.');
+    lines.push('waiting on metadata + on blocks + the rest (daemon code, copies, GC); backend time outside requests;');
+    lines.push('objects and bytes the daemon sent to the block store (blocks and parts of blocks: write amplification).');
     for (const name of names) {
       const list = report.breakdown.kvfs[name];
       lines.push(`  ${BREAKDOWN_LABELS[name] ?? name}: kvfs ${cpu(list)}; no-op ${cpu(report.breakdown.noop[name])}`);
@@ -1213,7 +1224,8 @@ export function formatReport(report: BenchReport): string {
       const opList = ops.slice(0, 5).map(([op, o]) => `${op} ${o.count}`).join(', ');
       lines.push(
         `      ${sum('count')} requests (${opList}); in handlers ${sec(total)} = metadata ${sec(meta)} + blocks ${sec(data)} + ` +
-          `rest ${sec(total - meta - data)}; background: metadata ${sec(b.background?.metaMs ?? 0)}, blocks ${sec(b.background?.dataMs ?? 0)}`,
+          `rest ${sec(total - meta - data)}; background: metadata ${sec(b.background?.metaMs ?? 0)}, blocks ${sec(b.background?.dataMs ?? 0)}` +
+          (b.stored?.objects ? `; stored ${b.stored.objects} objects, ${mb(b.stored.bytes)}` : ''),
       );
     }
   }

@@ -22,6 +22,12 @@ interface Current {
   ended: boolean;
 }
 
+/** What the daemon sent to the block store (every put: blocks, and the parts of blocks). */
+export interface StoredBytes {
+  objects: number;
+  bytes: number;
+}
+
 function emptyTimes(): OpTimes {
   return { count: 0, errors: 0, totalMs: 0, metaMs: 0, dataMs: 0 };
 }
@@ -31,6 +37,7 @@ export class Metrics {
   private readonly current = new AsyncLocalStorage<Current>();
   /** Backend time spent outside any FUSE operation (background commits, sweeps). */
   private readonly background = emptyTimes();
+  private readonly stored: StoredBytes = { objects: 0, bytes: 0 };
   readonly startedAt = Date.now();
 
   /**
@@ -111,7 +118,11 @@ export class Metrics {
     const timed = <T>(fn: () => Promise<T>) => this.timed('dataMs', fn);
     return {
       kind: store.kind,
-      put: (id, data) => timed(() => store.put(id, data)),
+      put: (id, data) => {
+        this.stored.objects++;
+        this.stored.bytes += data.length;
+        return timed(() => store.put(id, data));
+      },
       get: (id) => timed(() => store.get(id)),
       ...(store.getRange ? { getRange: (id: string, offset: number, length: number) => timed(() => store.getRange!(id, offset, length)) } : {}),
       ...(store.getInto ? { getInto: (id: string, alloc: (size: number) => Buffer) => timed(() => store.getInto!(id, alloc)) } : {}),
@@ -124,12 +135,13 @@ export class Metrics {
     };
   }
 
-  snapshot(): { uptimeMs: number; ops: Record<string, OpTimes>; background: OpTimes } {
-    return { uptimeMs: Date.now() - this.startedAt, ops: Object.fromEntries(this.ops), background: { ...this.background } };
+  snapshot(): { uptimeMs: number; ops: Record<string, OpTimes>; background: OpTimes; stored: StoredBytes } {
+    return { uptimeMs: Date.now() - this.startedAt, ops: Object.fromEntries(this.ops), background: { ...this.background }, stored: { ...this.stored } };
   }
 
   reset(): void {
     this.ops.clear();
     Object.assign(this.background, emptyTimes());
+    Object.assign(this.stored, { objects: 0, bytes: 0 });
   }
 }
