@@ -7,34 +7,25 @@ import Database from 'better-sqlite3';
 import Redis from 'ioredis';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Daemon, kvfs, makeTempDir, removeTempDir, sleep, spawnMount, startVolume, Volume } from './_helpers/mount';
+import { sleep, startVolume, Volume } from './_helpers/mount';
 import { mulberry32, prngBytes } from './_helpers/ops';
+import { ExtraMount, extraMount } from './_suites/multimount';
 
 const KiB = 1024;
 let vol: Volume;
 /** A second mount of the volume without attribute or entry caches: every open sees the latest commit. */
-let other: { dir: string; mnt: string; daemon: Daemon };
+let other: ExtraMount;
 let redis: Redis;
 
 test.before(async () => {
   vol = await startVolume({ backend: 'etcd' }); // the default block size, 1 MiB
-  const dir = makeTempDir('kvfs-parts-b-');
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  const daemon = spawnMount([...vol.mountArgsFor(['--attr-cache', '0', '--entry-cache', '0']), mnt]);
-  await daemon.ready;
-  other = { dir, mnt, daemon };
+  other = await extraMount(vol, 'parts-b', ['--attr-cache', '0', '--entry-cache', '0']);
   redis = new Redis({ host: '127.0.0.1', port: vol.servers.redis!.port });
 });
 
 test.after.always(async () => {
   redis?.disconnect();
-  if (other) {
-    await kvfs(['umount', other.mnt]).catch(() => undefined);
-    other.daemon.child.kill('SIGKILL');
-    await other.daemon.exited;
-    removeTempDir(other.dir);
-  }
+  await other?.stop();
   await vol?.stop();
 });
 
