@@ -6,7 +6,7 @@
 
 import { LRUCache } from 'lru-cache';
 import { copyInto, type BlockStore } from '../data/store';
-import { contentId, refIds, type BlockRef } from '../meta/schema';
+import { contentId, type BlockRef } from '../meta/schema';
 import { BufferPool } from './pool';
 
 /** How --cache-size is shared out: cached blocks, and spare buffers kept for reuse. */
@@ -74,10 +74,17 @@ export class BlockCache {
     if (!ref.parts?.length) return this.get(store, ref.id);
     return this.load(contentId(ref), async () => {
       const parts = ref.parts!;
-      const [base, ...pieces] = await Promise.all(refIds(ref).map((id) => (id === ref.id && this.lru.get(id)) || store.get(String(id))));
-      if (!base || pieces.some((piece) => !piece)) return undefined;
       const out = this.pool.take(ref.len);
-      const copied = base.copy(out, 0, 0, Math.min(base.length, ref.len));
+      // A cached base is copied at once: while this awaits, the cache may drop it and the pool
+      // hand its buffer to a writer.
+      const cached = this.lru.get(ref.id);
+      const fromCache = cached ? cached.copy(out, 0, 0, Math.min(cached.length, ref.len)) : -1;
+      const [base, ...pieces] = await Promise.all([cached ? undefined : store.get(String(ref.id)), ...parts.map((part) => store.get(String(part.id)))]);
+      if ((!cached && !base) || pieces.some((piece) => !piece)) {
+        this.pool.give(out);
+        return undefined;
+      }
+      const copied = base ? base.copy(out, 0, 0, Math.min(base.length, ref.len)) : fromCache;
       if (copied < ref.len) out.fill(0, copied, ref.len);
       parts.forEach((part, k) => {
         if (part.at < ref.len) pieces[k]!.copy(out, part.at, 0, Math.min(part.len, ref.len - part.at));

@@ -161,6 +161,8 @@ class Lock {
 interface Base {
   data: Buffer;
   ref?: BlockRef;
+  /** `data` is this write's own memory, not a cached block's. */
+  copied?: boolean;
 }
 
 export interface OpenFileOptions {
@@ -481,7 +483,12 @@ export class OpenFile {
       for (;;) {
         const needed = this.basesNeeded(position, data.length).filter((index) => !bases.has(index));
         if (needed.length === 0) break;
-        for (const index of needed) bases.set(index, (await this.committedContent(index)) ?? { data: Buffer.alloc(0) });
+        for (const index of needed) {
+          // A base read earlier may be a cached block's buffer, which the cache can drop (and the
+          // pool hand to another writer) while this awaits the next one: keep a copy of it.
+          for (const [i, base] of bases) if (!base.copied) bases.set(i, { ...base, data: Buffer.from(base.data), copied: true });
+          bases.set(index, (await this.committedContent(index)) ?? { data: Buffer.alloc(0), copied: true });
+        }
       }
       this.place(position, data, bases);
     });
