@@ -95,7 +95,7 @@ export class BlockCache {
 
   /** The content of `ref` if it is cached (see getBlock), else undefined; never fetches. */
   peekBlock(ref: BlockRef): Buffer | undefined {
-    return this.lru.get(contentId(ref));
+    return this.peek(contentId(ref));
   }
 
   prefetchBlock(store: BlockStore, ref: BlockRef): void {
@@ -139,10 +139,6 @@ export class BlockCache {
   /** The block if it is cached (counts as a use), else undefined; never fetches. */
   peek(id: number): Buffer | undefined {
     return this.lru.get(id);
-  }
-
-  prefetch(store: BlockStore, id: number): void {
-    if (!this.lru.has(id)) this.get(store, id).catch(() => undefined);
   }
 
   /**
