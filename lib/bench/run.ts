@@ -21,6 +21,7 @@ import { pathToFileURL } from 'node:url';
 import { UsageError } from '../errors';
 import { measureCipher } from '../data/encrypted';
 import { openBlockStore, parseBlockUrl, stripPassword, type BackendSecurity } from '../data/index';
+import type { OpTimes, StoredBytes } from '../fs/metrics';
 import { mountAt } from '../fuse/mount';
 import { openKv, parseMetaUrl } from '../meta/index';
 import { Meta } from '../meta/meta';
@@ -163,20 +164,6 @@ export interface BenchReport {
    */
   breakdown: { kvfs: Record<string, Breakdown[]>; noop: Record<string, Breakdown[]>; kvfsEncrypted: Record<string, Breakdown[]> };
   error?: string;
-}
-
-export interface OpTimes {
-  count: number;
-  errors: number;
-  totalMs: number;
-  metaMs: number;
-  dataMs: number;
-}
-
-/** What the daemon sent to the block store during a loop (its /metrics: lib/fs/metrics.ts). */
-export interface StoredBytes {
-  objects: number;
-  bytes: number;
 }
 
 export interface Breakdown {
