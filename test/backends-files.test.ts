@@ -1,6 +1,5 @@
 // The embedded one-file-per-block store (lib/data/files.ts): the shared block suite, locking,
 // ownership, kill -9, and which store openBlockStore picks for a new and for an existing volume.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,6 +8,7 @@ import { openBlockStore } from '../lib/data/index';
 import { blockFile, FileBlocks } from '../lib/data/files';
 import { SqliteBlocks } from '../lib/data/sqlite';
 import { FsError } from '../lib/errors';
+import { runNode } from './_helpers/ops';
 import { blockSuite } from './_suites/blocks';
 
 function tempDir(): { dir: string; remove(): Promise<void> } {
@@ -30,32 +30,6 @@ blockSuite(test, async () => {
 }, 'buffered I/O');
 
 const distLib = path.join(__dirname, '..', 'lib');
-
-/**
- * Runs `script` in a new Node (`node -e script ...args`): its stdout, exit code and signal.
- * `killOn`: SIGKILL it once stdout contains this. `addressSpaceKb`: run it under `ulimit -v`.
- */
-function runNode(
-  script: string,
-  args: string[],
-  options: { killOn?: string; addressSpaceKb?: number } = {},
-): Promise<{ out: string; code: number | null; signal: NodeJS.Signals | null }> {
-  const { killOn, addressSpaceKb } = options;
-  const [command, argv] = addressSpaceKb
-    ? ['bash', ['-c', `ulimit -v ${addressSpaceKb} && exec "$0" -e "$@"`, process.execPath, script, ...args]]
-    : [process.execPath, ['-e', script, ...args]];
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (killOn && out.includes(killOn)) child.kill('SIGKILL');
-    });
-    child.on('error', reject);
-    // 'close', not 'exit': only then has all of the child's output been read.
-    child.on('close', (code, signal) => resolve({ out, code, signal }));
-  });
-}
 
 test('files: a second opener is refused (same process and other process), a store of another volume too', async (t) => {
   const { dir, remove } = tempDir();

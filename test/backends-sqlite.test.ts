@@ -1,5 +1,4 @@
 // The embedded engines (SQLite): both shared suites plus locking and durability tests.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,6 +8,7 @@ import { SqliteBlocks } from '../lib/data/sqlite';
 import { FsError } from '../lib/errors';
 import { openKv } from '../lib/meta/index';
 import { SqliteKv } from '../lib/meta/sqlite';
+import { runNode } from './_helpers/ops';
 import { blockSuite } from './_suites/blocks';
 import { kvSuite } from './_suites/kv';
 
@@ -30,21 +30,6 @@ blockSuite(test, async () => {
 });
 
 const b = (s: string): Buffer => Buffer.from(s);
-
-/** Runs a node script in a child process; resolves with its stdout. */
-function runNode(script: string, args: string[], opts: { killOn?: string } = {}): Promise<{ out: string; signal: NodeJS.Signals | null }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['-e', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (opts.killOn && out.includes(opts.killOn)) child.kill('SIGKILL');
-    });
-    child.on('error', reject);
-    // 'close', not 'exit': only then has all of the child's output been read.
-    child.on('close', (_code, signal) => resolve({ out, signal }));
-  });
-}
 
 const distLib = path.join(__dirname, '..', 'lib');
 

@@ -1,6 +1,6 @@
 // Helpers for driving a mounted filesystem the way a user would: Node fs calls, shell tools,
 // and an unprivileged user (uid/gid 65534 through setpriv). Errors are compared by errno code.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { run, RunResult } from './mount';
@@ -218,4 +218,30 @@ export function prngBytes(seed: number, len: number): Buffer {
   for (; i + 4 <= len; i += 4) buf.writeUInt32LE((rnd() * 4294967296) >>> 0, i);
   for (; i < len; i++) buf[i] = (rnd() * 256) | 0;
   return buf;
+}
+
+/**
+ * Runs `script` in a new Node (`node -e script ...args`): its stdout, exit code and signal.
+ * `killOn`: SIGKILL it once stdout contains this. `addressSpaceKb`: run it under `ulimit -v`.
+ */
+export function runNode(
+  script: string,
+  args: string[],
+  options: { killOn?: string; addressSpaceKb?: number } = {},
+): Promise<{ out: string; code: number | null; signal: NodeJS.Signals | null }> {
+  const { killOn, addressSpaceKb } = options;
+  const [command, argv] = addressSpaceKb
+    ? ['bash', ['-c', `ulimit -v ${addressSpaceKb} && exec "$0" -e "$@"`, process.execPath, script, ...args]]
+    : [process.execPath, ['-e', script, ...args]];
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (killOn && out.includes(killOn)) child.kill('SIGKILL');
+    });
+    child.on('error', reject);
+    // 'close', not 'exit': only then has all of the child's output been read.
+    child.on('close', (code, signal) => resolve({ out, code, signal }));
+  });
 }
