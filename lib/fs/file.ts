@@ -176,6 +176,9 @@ export interface OpenFileOptions {
   budget: DirtyBudget;
   /** Called with the committed attributes after every commit (to refresh attribute caches). */
   onCommit(attr: Attr): void;
+  /** Deletes blocks (or parts) no commit references any more, in the background; the filesystem
+   * awaits these at unmount. Failures only leak space (gc finds it). */
+  deleteBlocks(ids: (number | string)[]): void;
 }
 
 export class OpenFile {
@@ -610,7 +613,7 @@ export class OpenFile {
             const unused = redo.flatMap((w) => w.ref.parts!.slice(w.base!.parts?.length ?? 0).map((part) => String(part.id)));
             const whole = await this.storeBlocks(new Map(redo.map((w) => [w.index, blocks.get(w.index)!])), false);
             for (const w of whole) writes[writes.findIndex((old) => old.index === w.index)] = w;
-            this.store.delete(unused).catch(() => undefined);
+            this.options.deleteBlocks(unused);
             if (this.poisoned) throw this.poisoned;
           }
         }
@@ -714,9 +717,9 @@ export class OpenFile {
     return attr;
   }
 
-  /** Deletes blocks no longer referenced by this file. Failures only leak space (gc finds it). */
+  /** Deletes blocks no longer referenced by this file. */
   private releaseBlocks(ids: number[]): void {
     for (const id of ids) this.cache.remove(id);
-    this.store.delete(ids.map(String)).catch(() => undefined);
+    this.options.deleteBlocks(ids);
   }
 }

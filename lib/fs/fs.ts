@@ -106,7 +106,7 @@ export class Filesystem {
   private nextHandle = 1;
   private readonly cache: BlockCache;
   private readonly maxReadahead: number;
-  /** Work started in the background (reclaiming orphans), awaited at shutdown. */
+  /** Work started in the background (reclaiming orphans, deleting blocks), awaited at shutdown. */
   private readonly background = new Set<Promise<void>>();
   private readonly pendingReclaims = new Map<number, NodeJS.Timeout>();
   private session: { id: string; handle: KvSession } | undefined;
@@ -514,8 +514,10 @@ export class Filesystem {
     else if (m[3] === 'X') this.xattrNames.delete(ino);
   }
 
-  private deleteBlocks(ids: number[]): void {
-    this.store.delete(ids.map(String)).catch(() => undefined);
+  /** Deletes blocks nothing references any more, in the background: awaited at unmount, so an
+   * unmount right after `rm -rf` does not leave them behind. Failures only leak space (gc). */
+  private deleteBlocks(ids: (number | string)[]): void {
+    this.track(this.store.delete(ids.map(String)));
   }
 
   // ---- files -------------------------------------------------------------------------------
@@ -544,6 +546,7 @@ export class Filesystem {
         writeback: this.options.writeback,
         budget: this.budget,
         onCommit: (committed) => this.rememberAttr(committed),
+        deleteBlocks: (ids) => this.deleteBlocks(ids),
       });
       this.files.set(ino, file);
       if (firstChunk) file.seedChunk(0, firstChunk);
@@ -804,6 +807,7 @@ export class Filesystem {
     }
     await this.unwatch?.().catch(() => undefined);
     await this.flushAll();
-    await Promise.all([...this.background]);
+    // Reclaims start block deletes of their own: wait until nothing is left.
+    while (this.background.size > 0) await Promise.all([...this.background]);
   }
 }
