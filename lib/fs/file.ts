@@ -478,24 +478,27 @@ export class OpenFile {
 
   private async writeWaiting(position: number, data: Buffer): Promise<number> {
     await this.options.budget.wait();
-    await this.writeLock.run(async () => {
-      // Committed content of partly overwritten blocks. Asked again after every read: a block
-      // whose commit finished meanwhile is no longer in memory and needs its base read too.
-      // (Blocks read stay valid: only writes, which wait for this lock, make blocks dirty.)
-      const bases = new Map<number, Base>();
-      for (;;) {
-        const needed = this.basesNeeded(position, data.length).filter((index) => !bases.has(index));
-        if (needed.length === 0) break;
-        for (const index of needed) {
-          // A base read earlier may be a cached block's buffer, which the cache can drop (and the
-          // pool hand to another writer) while this awaits the next one: keep a copy of it.
-          for (const [i, base] of bases) if (!base.copied) bases.set(i, { ...base, data: Buffer.from(base.data), copied: true });
-          bases.set(index, (await this.committedContent(index)) ?? { data: Buffer.alloc(0), copied: true });
-        }
-      }
-      this.place(position, data, bases);
-    });
+    await this.writeLock.run(() => this.placeLocked(position, data));
     return this.afterWrite(data.length);
+  }
+
+  /** Reads the committed blocks a write keeps parts of, then places it; the caller holds the write lock. */
+  private async placeLocked(position: number, data: Buffer): Promise<void> {
+    // Committed content of partly overwritten blocks. Asked again after every read: a block
+    // whose commit finished meanwhile is no longer in memory and needs its base read too.
+    // (Blocks read stay valid: only writes, which wait for this lock, make blocks dirty.)
+    const bases = new Map<number, Base>();
+    for (;;) {
+      const needed = this.basesNeeded(position, data.length).filter((index) => !bases.has(index));
+      if (needed.length === 0) break;
+      for (const index of needed) {
+        // A base read earlier may be a cached block's buffer, which the cache can drop (and the
+        // pool hand to another writer) while this awaits the next one: keep a copy of it.
+        for (const [i, base] of bases) if (!base.copied) bases.set(i, { ...base, data: Buffer.from(base.data), copied: true });
+        bases.set(index, (await this.committedContent(index)) ?? { data: Buffer.alloc(0), copied: true });
+      }
+    }
+    this.place(position, data, bases);
   }
 
   /** The blocks a write must read from the store first: partly overwritten, holding committed bytes, not in memory. */
@@ -704,6 +707,32 @@ export class OpenFile {
    */
   async extend(size: number): Promise<Attr | undefined> {
     return this.writeLock.run(async () => (size <= this.size ? undefined : this.resizeLocked(size)));
+  }
+
+  /**
+   * Zeroes [offset, offset + length) within the file's size and commits (fallocate's punch hole
+   * and zero range): blocks the range covers whole become holes, the partly covered ones at its
+   * edges are written with zeros. The size does not change.
+   */
+  async zeroRange(offset: number, length: number): Promise<void> {
+    return this.writeLock.run(async () => {
+      await this.flush();
+      const end = Math.min(offset + length, this.size);
+      if (end <= offset) return;
+      const bs = this.blockSize;
+      const first = Math.ceil(offset / bs);
+      const last = Math.floor(end / bs);
+      const edges: Array<[number, number]> = first < last ? [[offset, first * bs], [last * bs, end]] : [[offset, end]];
+      if (first < last) {
+        const { attr, released } = await this.meta.clearBlocks(this.ino, first, last);
+        this.chunks.clear();
+        this.chunkLoads.clear();
+        this.options.onCommit(attr);
+        if (released.length) this.releaseBlocks(released);
+      }
+      for (const [from, to] of edges) if (from < to) await this.placeLocked(from, Buffer.alloc(to - from));
+      await this.flush();
+    });
   }
 
   /** Commits pending writes and sets the committed size; the caller holds the write lock. */

@@ -52,8 +52,11 @@ const NAME_MAX = 255;
 const PATH_MAX = 4096;
 const XATTR_SIZE_MAX = 65536;
 const O_ACCMODE = 3;
-/** fallocate(2) mode flag: allocate without changing the file size. */
+/** fallocate(2) mode flags: allocate without changing the file size; deallocate a range (with
+ * KEEP_SIZE); zero a range. */
 const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
+const FALLOC_FL_ZERO_RANGE = 0x10;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 const O_TRUNC = 0o1000;
@@ -663,15 +666,21 @@ export class Filesystem {
    * fallocate(2). Mode 0 makes the file at least offset + length long; the new range is a hole,
    * since blocks are only stored when written (so, unlike on a disk, a later write can still
    * fail for want of space). FALLOC_FL_KEEP_SIZE alone has nothing to reserve and succeeds.
-   * Punching holes, zeroing, collapsing and inserting ranges are not supported (EOPNOTSUPP;
-   * posix_fallocate and most programs then fall back to writing).
+   * FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE) and FALLOC_FL_ZERO_RANGE zero the range, committed at
+   * once: blocks it covers whole become holes (their space is freed), partly covered ones are
+   * rewritten. ZERO_RANGE without KEEP_SIZE then extends the file as mode 0 does. Collapsing
+   * and inserting ranges are not supported (EOPNOTSUPP).
    */
   async fallocate(fh: number, mode: number, offset: number, length: number): Promise<void> {
     this.writable();
     const handle = this.handle(fh);
     if ((handle.flags & O_ACCMODE) === 0) throw new FsError('EBADF');
     if (offset < 0 || length <= 0) throw new FsError('EINVAL');
-    if (mode & ~FALLOC_FL_KEEP_SIZE) throw new FsError('EOPNOTSUPP');
+    if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw new FsError('EOPNOTSUPP');
+    const zeroing = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+    // As the kernel's own checks: a punch never changes the size; the two are exclusive.
+    if (mode & FALLOC_FL_PUNCH_HOLE && (!(mode & FALLOC_FL_KEEP_SIZE) || mode & FALLOC_FL_ZERO_RANGE)) throw new FsError('EOPNOTSUPP');
+    if (zeroing) await handle.file.zeroRange(offset, length);
     if (mode & FALLOC_FL_KEEP_SIZE) return;
     const attr = await handle.file.extend(offset + length);
     if (attr) this.rememberAttr(attr);

@@ -731,6 +731,53 @@ export class Meta {
   }
 
   /**
+   * Makes blocks [first, end) of a file holes (fallocate's punch hole and zero range, for the
+   * blocks the range covers whole) and sets mtime and ctime; size is unchanged. A few chunk keys
+   * per transaction: a crash in between leaves some of the range cleared, never other data.
+   * Returns the committed attributes and the ids no longer referenced.
+   */
+  async clearBlocks(ino: number, first: number, end: number): Promise<{ attr: Attr; released: number[] }> {
+    const released: number[] = [];
+    let from = chunkOf(first);
+    const endKey = keys.chunk(ino, chunkOf(end - 1) + 1);
+    for (;;) {
+      const result = await this.kv.txn(async (tx) => {
+        const attr = await this.attrIn(tx, ino);
+        if (attr.type !== 'file') throw new FsError(attr.type === 'dir' ? 'EISDIR' : 'EINVAL');
+        const ids: number[] = [];
+        const fromKey = keys.chunk(ino, from);
+        const chunks = (await tx.scan(keys.chunks(ino), { startAfter: keyBefore(fromKey), limit: CHUNKS_PER_TXN + 1 })).filter(
+          ({ key }) => key >= fromKey && key < endKey,
+        );
+        for (const { key, value } of chunks.slice(0, CHUNKS_PER_TXN)) {
+          const chunk = keys.chunkIndexOf(key);
+          const map = decodeChunk(value);
+          let changed = false;
+          for (const [i, ref] of map) {
+            const index = chunk * CHUNK_BLOCKS + i;
+            if (index < first || index >= end) continue;
+            ids.push(...refIds(ref));
+            attr.used -= ref.len;
+            map.delete(i);
+            changed = true;
+          }
+          if (map.size === 0) tx.delete(key);
+          else if (changed) tx.put(key, encodeChunk(map));
+        }
+        const now = nowNs();
+        attr.mtime = now;
+        attr.ctime = now;
+        tx.put(keys.attr(ino), encodeAttr(attr));
+        const next = chunks.length > CHUNKS_PER_TXN ? keys.chunkIndexOf(chunks[CHUNKS_PER_TXN].key) : undefined;
+        return { attr, ids, next };
+      });
+      released.push(...result.ids);
+      if (result.next === undefined) return { attr: result.attr, released };
+      from = result.next;
+    }
+  }
+
+  /**
    * Switches a file's block map to freshly stored blocks, and sets size and times, in one
    * transaction. The size only grows here (a write never shortens a file; truncate does).
    * Returns the committed attributes and the ids of blocks no longer referenced.

@@ -563,7 +563,7 @@ export function posixSuite(test: TestFn, backend: Backend): void {
     t.is(codeOf(() => fs.truncateSync(d, 0)), 'EISDIR');
   });
 
-  test('fallocate: mode 0 grows the file with zeros, --keep-size and ranges inside change nothing, hole punching is refused', async (t) => {
+  test('fallocate: mode 0 grows the file with zeros, --keep-size and ranges inside change nothing, collapsing is refused', async (t) => {
     const d = dirFor(t);
     const f = path.join(d, 'f');
     const data = prngBytes(4, 5000);
@@ -580,9 +580,9 @@ export function posixSuite(test: TestFn, backend: Backend): void {
     const keep = await run('fallocate', ['--keep-size', '-l', String(8 * MiB), f]);
     t.is(keep.code, 0, describeRun('fallocate --keep-size', keep));
     t.is(lstat(f).size, BigInt(total), 'neither changes the size');
-    const punch = await run('fallocate', ['--punch-hole', '-o', '0', '-l', '10', f]);
-    t.not(punch.code, 0, 'punching a hole is refused (EOPNOTSUPP)');
-    t.true(readOrFail(t, f, 'after a refused punch').subarray(0, 5000).equals(data), 'and changes nothing');
+    const collapse = await run('fallocate', ['--collapse-range', '-o', '0', '-l', String(MiB), f]);
+    t.not(collapse.code, 0, 'collapsing a range is refused (EOPNOTSUPP)');
+    t.true(readOrFail(t, f, 'after a refused collapse').subarray(0, 5000).equals(data), 'and changes nothing');
     // posix_fallocate on a file still open for writing, past data not yet committed.
     const fd = fs.openSync(path.join(d, 'g'), 'w');
     fs.writeSync(fd, data);
@@ -593,6 +593,46 @@ export function posixSuite(test: TestFn, backend: Backend): void {
     const g = readOrFail(t, path.join(d, 'g'), 'after posix_fallocate');
     t.is(g.length, 1 << 20);
     t.true(g.subarray(0, 5000).equals(data) && g.subarray(6000, 6004).toString() === 'tail', 'writes before and after are kept');
+  });
+
+  test('fallocate --punch-hole and --zero-range: the range reads zeros, the rest is kept, the space is freed', async (t) => {
+    const d = dirFor(t);
+    const f = path.join(d, 'f');
+    const size = 5 * MiB + 12_345;
+    const expected = prngBytes(5, size);
+    fs.writeFileSync(f, expected);
+    const blocksBefore = lstat(f).blocks;
+    // Across several whole blocks (whatever the block size), starting and ending inside blocks.
+    const punch = await run('fallocate', ['--punch-hole', '-o', '1000', '-l', String(3 * MiB + 500), f]);
+    t.is(punch.code, 0, describeRun('fallocate --punch-hole', punch));
+    expected.fill(0, 1000, 1000 + 3 * MiB + 500);
+    t.is(lstat(f).size, BigInt(size), 'punching keeps the size');
+    t.true(lstat(f).blocks < blocksBefore, `space is freed: st_blocks ${blocksBefore} -> ${lstat(f).blocks}`);
+    // Inside one block, and over the end of the file with --keep-size.
+    const small = await run('fallocate', ['--zero-range', '-o', String(4 * MiB + 7), '-l', '3000', f]);
+    t.is(small.code, 0, describeRun('fallocate --zero-range', small));
+    expected.fill(0, 4 * MiB + 7, 4 * MiB + 3007);
+    const tail = await run('fallocate', ['--zero-range', '--keep-size', '-o', String(size - 100), '-l', String(MiB), f]);
+    t.is(tail.code, 0, describeRun('fallocate --zero-range --keep-size past the end', tail));
+    expected.fill(0, size - 100);
+    t.is(lstat(f).size, BigInt(size), '--keep-size keeps the size');
+    t.true(readOrFail(t, f, 'after punching and zeroing').equals(expected), 'zeros exactly in the ranges, the data elsewhere');
+    // Without --keep-size, zeroing past the end extends the file with zeros.
+    const grow = await run('fallocate', ['--zero-range', '-o', String(size - 10), '-l', '1010', f]);
+    t.is(grow.code, 0, describeRun('fallocate --zero-range past the end', grow));
+    t.is(lstat(f).size, BigInt(size + 1000));
+    const grown = readOrFail(t, f, 'after zeroing past the end');
+    t.true(grown.subarray(0, size - 10).equals(expected.subarray(0, size - 10)) && grown.subarray(size - 10).equals(Buffer.alloc(1010)));
+    // While another descriptor has writes in the range not yet committed: they are zeroed too.
+    const fd = fs.openSync(f, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, 0x61), 0, 4096, 2 * MiB);
+    const over = await run('fallocate', ['--punch-hole', '-o', String(2 * MiB + 100), '-l', '1000', f]);
+    fs.closeSync(fd);
+    t.is(over.code, 0, describeRun('fallocate --punch-hole over unflushed writes', over));
+    const back = readOrFail(t, f, 'after punching over unflushed writes');
+    t.true(back.subarray(2 * MiB, 2 * MiB + 100).equals(Buffer.alloc(100, 0x61)), 'the write before the punched range is kept');
+    t.true(back.subarray(2 * MiB + 100, 2 * MiB + 1100).equals(Buffer.alloc(1000)), 'the punched range reads zeros');
+    t.true(back.subarray(2 * MiB + 1100, 2 * MiB + 4096).equals(Buffer.alloc(2996, 0x61)), 'the write after it is kept');
   });
 
   test('unlink removes the name; an open handle keeps working until close', async (t) => {
