@@ -6,9 +6,10 @@
 // Mounts: A and B with the default caches (1 s), W with `--attr-cache 30 --entry-cache 30` (only
 // the etcd watch can make it see other mounts' changes quickly).
 import test, { ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { sleep, startVolume, Volume } from './_helpers/mount';
+import { makeTempDir, removeTempDir, sleep, startVolume, Volume } from './_helpers/mount';
 import { codeOf, codeOfAsync, mulberry32, prngBytes } from './_helpers/ops';
 import { ExtraMount, extraMount, fsck, pollUntil, status, tail } from './_suites/multimount';
 
@@ -72,6 +73,55 @@ test.serial('close-to-open: after close on one mount, an open on another sees th
     }
   }
   t.deepEqual(failures, [], logs());
+  daemonsAlive(t);
+});
+
+test.serial('a reader on B keeping the file open follows appends made on A (tail -F): the new sizes and exactly the appended bytes, never zeros', async (t) => {
+  t.timeout(120_000);
+  const rel = 'followed.log';
+  const onA = path.join(A, rel);
+  const onB = path.join(B.mnt, rel);
+  const rnd = mulberry32(103);
+  let expected = Buffer.from('first line\n');
+  fs.writeFileSync(onA, expected);
+  t.true(await pollUntil(() => fs.statSync(onB).size === expected.length, 3000), 'B sees the first line');
+  const tailDir = makeTempDir('kvfs-tail-');
+  const tailOut = path.join(tailDir, 'tail.out');
+  const tailProcess = spawn('tail', ['-c', '+1', '-F', '-s', '0.1', onB], { stdio: ['ignore', fs.openSync(tailOut, 'w'), 'ignore'] });
+  const fd = fs.openSync(onB, 'r');
+  const problems: string[] = [];
+  let readUpTo = 0;
+  try {
+    for (let i = 0; i < 80 && problems.length < 5; i++) {
+      // Lines of up to 4 KiB, so the file crosses several 64 KiB blocks; each append is a close on A.
+      const line = Buffer.from(prngBytes(2000 + i, 1 + Math.floor(rnd() * 4096)).toString('base64') + '\n');
+      fs.appendFileSync(onA, line);
+      expected = Buffer.concat([expected, line]);
+      if (!(await pollUntil(() => fs.fstatSync(fd).size === expected.length, 3000))) {
+        problems.push(`append ${i}: fstat on B's fd shows ${fs.fstatSync(fd).size} bytes, A wrote ${expected.length}, 3 s later`);
+        continue;
+      }
+      // What is new, asked for with room to spare (a read past the end must stop at it).
+      const fresh = Buffer.alloc(expected.length - readUpTo + 8192);
+      const n = fs.readSync(fd, fresh, 0, fresh.length, readUpTo);
+      if (!fresh.subarray(0, n).equals(expected.subarray(readUpTo)))
+        problems.push(`append ${i}: B's fd read ${n} bytes at ${readUpTo}, expected ${expected.length - readUpTo}: ${fresh.subarray(0, n).includes(0) ? 'with zeros' : 'different'}`);
+      readUpTo += n;
+      if (i % 10 === 9) {
+        const whole = Buffer.alloc(expected.length + 100);
+        const m = fs.readSync(fd, whole, 0, whole.length, 0);
+        if (!whole.subarray(0, m).equals(expected)) problems.push(`append ${i}: rereading the whole file through B's fd gave ${m} bytes, not the ${expected.length} A wrote`);
+      }
+    }
+    const followed = await pollUntil(() => fs.readFileSync(tailOut).equals(expected), 10_000, 100);
+    const got = fs.readFileSync(tailOut);
+    if (!followed) problems.push(`tail -F on B printed ${got.length} bytes (${got.includes(0) ? 'with zeros' : 'no zeros'}), A wrote ${expected.length}`);
+  } finally {
+    fs.closeSync(fd);
+    tailProcess.kill();
+    removeTempDir(tailDir);
+  }
+  t.deepEqual(problems, [], logs());
   daemonsAlive(t);
 });
 

@@ -252,10 +252,29 @@ export class OpenFile {
   /** Close-to-open: forget the cached block map (when nothing local depends on it). */
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
+    this.generation++;
     this.chunks.clear();
     this.chunkLoads.clear();
     this.prefetchedThrough = -1;
     this.size = attr.size;
+  }
+
+  /**
+   * Counts changes to what this file's size and block maps are based on (commits, truncates,
+   * revalidations), so that attributes read before one of them are not taken as newer.
+   */
+  generation = 0;
+
+  /**
+   * Attributes read from the store while this file is open, by a read that started at
+   * `generation`: if another mount's commit changed the size, take it (and drop the block maps),
+   * so reads through handles opened before it see what stat now reports, as `tail -f` of a file
+   * another mount appends to needs. Without this the kernel heard the new size while reads still
+   * ended at the old one: short reads, and pages the kernel zero-filled past them.
+   */
+  adopt(attr: Attr, generation: number): void {
+    if (generation !== this.generation || !this.commitLock.idle || attr.size === this.size) return;
+    this.revalidate(attr);
   }
 
   /**
@@ -632,6 +651,7 @@ export class OpenFile {
           if (base) this.cache.remove(contentId(base));
           this.cache.add(contentId(ref), block.data(), !block.compact);
         }
+        this.generation++;
         if (this.dirty.size === 0) this.size = attr.size;
         else this.size = Math.max(this.size, attr.size);
         if (replaced.length) this.releaseBlocks(replaced);
@@ -725,6 +745,7 @@ export class OpenFile {
       const edges: Array<[number, number]> = first < last ? [[offset, first * bs], [last * bs, end]] : [[offset, end]];
       if (first < last) {
         const { attr, released } = await this.meta.clearBlocks(this.ino, first, last);
+        this.generation++;
         this.chunks.clear();
         this.chunkLoads.clear();
         this.options.onCommit(attr);
@@ -739,6 +760,7 @@ export class OpenFile {
   private async resizeLocked(size: number): Promise<Attr> {
     await this.flush();
     const { attr, released } = await this.meta.truncate(this.ino, size);
+    this.generation++;
     this.chunks.clear();
     this.chunkLoads.clear();
     this.size = attr.size;

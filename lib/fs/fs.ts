@@ -208,7 +208,27 @@ export class Filesystem {
 
   /** Committed attributes (cached for attrCacheMs), with this mount's unflushed writes on top. */
   private async attrOf(ino: number): Promise<Attr> {
-    return this.attrCached(ino) ?? this.withOverlay(this.rememberAttr(await this.meta.getattr(ino)));
+    const cached = this.attrCached(ino);
+    if (cached) return cached;
+    const before = this.openState(ino);
+    return this.fromStore(await this.meta.getattr(ino), before);
+  }
+
+  /** The inode's open file and its generation, before a read of its attributes from the store. */
+  private openState(ino: number): { file: OpenFile; generation: number } | undefined {
+    const file = this.files.get(ino);
+    return file && { file, generation: file.generation };
+  }
+
+  /**
+   * Attributes just read from the store: cached, taken by the inode's open file if another mount
+   * changed its size since `before` (so reads agree with the size the kernel is about to hear),
+   * and overlaid with our writes.
+   */
+  private fromStore(attr: Attr, before: { file: OpenFile; generation: number } | undefined): Attr {
+    this.rememberAttr(attr);
+    if (before && before.file === this.files.get(attr.ino)) before.file.adopt(attr, before.generation);
+    return this.withOverlay(attr);
   }
 
   private writable(): void {
@@ -239,9 +259,10 @@ export class Filesystem {
     const now = Date.now();
     if (stale && stale.expires <= now && !((this.attrs.get(stale.value.ino)?.expires ?? 0) > now)) {
       checkName(name);
+      const before = this.openState(stale.value.ino);
       const { entry, attr } = await this.meta.lookupWithAttr(parent, name, stale.value.ino);
       this.rememberEntry(parent, entry);
-      return this.withOverlay(this.rememberAttr(attr));
+      return this.fromStore(attr, before);
     }
     return this.attrOf((await this.lookup(parent, name)).ino);
   }
@@ -258,7 +279,8 @@ export class Filesystem {
     this.writable();
     const ino = await this.resolve(path);
     await this.files.get(ino)?.flush();
-    this.rememberAttr(await change(ino));
+    const before = this.openState(ino);
+    this.fromStore(await change(ino), before);
   }
 
   chmod(path: string, mode: number): Promise<void> {
@@ -386,8 +408,8 @@ export class Filesystem {
     const ino = await this.resolve(from);
     const { parentPath, name } = parentAndName(to);
     const parent = await this.resolve(parentPath);
-    const attr = await this.meta.link(ino, parent, name);
-    this.rememberAttr(attr);
+    const before = this.openState(ino);
+    const attr = this.fromStore(await this.meta.link(ino, parent, name), before);
     this.attrs.delete(parent);
     this.rememberEntry(parent, { name, ino, type: attr.type });
   }
@@ -647,7 +669,8 @@ export class Filesystem {
       const attr = await this.attrOf(handle.ino);
       const now = nowNs();
       if (attr.atime <= attr.mtime || attr.atime <= attr.ctime || now - attr.atime > DAY_NS) {
-        this.rememberAttr(await this.meta.setAtime(handle.ino, now));
+        const before = this.openState(handle.ino);
+        this.fromStore(await this.meta.setAtime(handle.ino, now), before);
       }
     } catch {
       // An access time is not worth failing a read for.
