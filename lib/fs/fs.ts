@@ -6,7 +6,7 @@ import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
 import type { KvSession } from '../meta/kv';
-import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeOfMode } from '../meta/schema';
+import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, modeOfType, nowNs, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
 import { BlockCache, splitCacheSize } from './cache';
 import { OpenFile } from './file';
@@ -37,6 +37,13 @@ export interface Caller {
   uid: number;
   gid: number;
   pid: number;
+}
+
+/** One name in a directory listing: its inode number and S_IFMT bits (d_ino, d_type). */
+export interface DirEntry {
+  name: string;
+  ino: number;
+  mode: number;
 }
 
 export interface StatFs {
@@ -323,13 +330,20 @@ export class Filesystem {
 
   // ---- directories -----------------------------------------------------------------------
 
-  async readdir(path: string): Promise<string[]> {
+  /**
+   * A directory's entries with their inode numbers and types, '.' and '..' first: listings then
+   * carry d_ino and d_type, so `find -type`, `ls --color` and scandir() need no stat per entry.
+   */
+  async readdir(path: string): Promise<DirEntry[]> {
     const ino = await this.resolve(path);
     const attr = await this.attrOf(ino);
     if (attr.type !== 'dir') throw new FsError('ENOTDIR');
+    const parts = splitPath(path);
+    const parent = parts.length === 0 ? ROOT_INO : await this.resolve('/' + parts.slice(0, -1).join('/'));
     const entries = await this.meta.readdir(ino);
     for (const entry of entries) this.rememberEntry(ino, entry);
-    return ['.', '..', ...entries.map((e) => e.name)];
+    const dirMode = modeOfType('dir');
+    return [{ name: '.', ino, mode: dirMode }, { name: '..', ino: parent, mode: dirMode }, ...entries.map((e) => ({ name: e.name, ino: e.ino, mode: modeOfType(e.type) }))];
   }
 
   private async createNode(path: string, type: FileType, perm: number, caller: Caller, extra: { rdev?: number; target?: string } = {}): Promise<Attr> {

@@ -51,7 +51,8 @@ export interface FuseOps {
   getattr(path: string, cb: Cb<[FuseStat?]>): void;
   fgetattr(path: string, fh: number, cb: Cb<[FuseStat?]>): void;
   access(path: string, mode: number, cb: Cb): void;
-  readdir(path: string, cb: Cb<[string[]?]>): void;
+  /** Names, and per name the inode number and S_IFMT bits (the binding fills d_ino and d_type). */
+  readdir(path: string, cb: Cb<[string[]?, Array<{ ino: number; mode: number }>?]>): void;
   opendir(path: string, flags: number, cb: Cb<[number?]>): void;
   releasedir(path: string, fh: number, cb: Cb): void;
   fsyncdir(path: string, datasync: number, fh: number, cb: Cb): void;
@@ -168,7 +169,10 @@ export function makeOps(fs: Filesystem, context: () => Caller, observe?: OpObser
     fgetattr: (path, fh, cb) => answer('fgetattr', () => fs.fgetattr(path, fh), (code, a) => (a ? cb(code, toStat(a)) : cb(code))),
     // With default_permissions the kernel checks access itself; this only confirms existence.
     access: (path, _mode, cb) => answer('access', () => fs.getattr(path), done(cb)),
-    readdir: (path, cb) => answer('readdir', () => fs.readdir(path), (code, names) => cb(code, names)),
+    readdir: (path, cb) =>
+      answer('readdir', () => fs.readdir(path), (code, entries) =>
+        entries ? cb(code, entries.map((e) => e.name), entries.map(({ ino, mode }) => ({ ino, mode }))) : cb(code),
+      ),
     opendir: (path, _flags, cb) => answer('opendir', () => fs.getattr(path), (code) => cb(code, 0)),
     releasedir: (_path, _fh, cb) => cb(0),
     fsyncdir: (_path, _datasync, _fh, cb) => answer('fsyncdir', () => fs.fsyncdir(), done(cb)),

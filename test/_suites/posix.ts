@@ -64,6 +64,25 @@ import {
 
 type T = ExecutionContext<unknown>;
 
+/** Prints "name d_type d_ino" for each entry of argv[1], straight from readdir(3) (glibc's struct dirent on Linux). */
+const READDIR_PY = `
+import ctypes, sys
+class Dirent(ctypes.Structure):
+    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64), ('d_reclen', ctypes.c_ushort), ('d_type', ctypes.c_ubyte), ('d_name', ctypes.c_char * 256)]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.opendir.restype = ctypes.c_void_p
+libc.readdir.argtypes = [ctypes.c_void_p]
+libc.readdir.restype = ctypes.POINTER(Dirent)
+libc.closedir.argtypes = [ctypes.c_void_p]
+d = libc.opendir(sys.argv[1].encode())
+assert d, 'opendir failed'
+while True:
+    e = libc.readdir(d)
+    if not e: break
+    print(e.contents.d_name.decode(), e.contents.d_type, e.contents.d_ino)
+libc.closedir(d)
+`;
+
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
@@ -388,6 +407,15 @@ export function posixSuite(test: TestFn, backend: Backend): void {
       fs.readdirSync(d, { withFileTypes: true }).map((e) => [e.name, e.isFile() ? 'f' : e.isDirectory() ? 'd' : e.isSymbolicLink() ? 'l' : e.isFIFO() ? 'p' : '?']),
     );
     t.deepEqual(types, { a: 'f', b: 'f', c: 'f', dir: 'd', link: 'l', pipe: 'p' });
+    // What readdir(3) itself returns (Node and Python stat entries whose d_type is unknown, so
+    // they cannot tell): each entry's d_type, and d_ino equal to the st_ino stat gives.
+    const listing = await shOk('python3', ['-c', READDIR_PY, d]);
+    const dirents = Object.fromEntries(listing.trim().split('\n').map((line) => line.split(' ')).map(([name, type, ino]) => [name, { type: Number(type), ino: Number(ino) }]));
+    const DT = { a: 8, b: 8, c: 8, dir: 4, link: 10, pipe: 1, '.': 4, '..': 4 } as const;
+    for (const [name, type] of Object.entries(DT)) {
+      t.is(dirents[name]?.type, type, `d_type of ${name}`);
+      t.is(dirents[name]?.ino, Number(fs.lstatSync(path.join(d, name)).ino), `d_ino of ${name} is its st_ino`);
+    }
     t.is(codeOf(() => fs.readdirSync(path.join(d, 'a'))), 'ENOTDIR');
     t.is(codeOf(() => fs.readdirSync(path.join(d, 'missing'))), 'ENOENT');
   });
