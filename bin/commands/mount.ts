@@ -195,6 +195,9 @@ export async function mountCommand(argv: string[]): Promise<number> {
 
   const metaUrl = metaGiven ?? defaultMetaUrl();
   const metrics = new Metrics();
+  // While a backend is down every request fails at once (lib/stall-gate.ts): one line per kind of
+  // failure every few seconds, with a count, instead of one per request.
+  const failureLog = new RateLimitedLog((line) => console.error(`kvfs: ${line}`), 5000);
   const volume = await openVolume(metaUrl, {
     metrics,
     dataUrl: backends.dataUrl,
@@ -241,7 +244,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
       directIo: Boolean(values['direct-io']),
       metrics,
       observe: (op, errno, ms) => {
-        if (errno === 5 || errno === 110) console.error(`kvfs: ${op} failed with errno ${errno} after ${ms.toFixed(0)} ms`);
+        if (errno === 5 || errno === 110) failureLog.report(`${op} failed with errno ${errno}`, ` after ${ms.toFixed(0)} ms`);
       },
     });
   } catch (err) {
@@ -298,4 +301,26 @@ export async function mountCommand(argv: string[]): Promise<number> {
   await volume.close().catch(() => undefined);
   removeRunRecord(mountpoint);
   return code;
+}
+
+/** Logs a line per key at most every `intervalMs`; the next one says how many were held back. */
+class RateLimitedLog {
+  private readonly last = new Map<string, { at: number; held: number }>();
+
+  constructor(
+    private readonly write: (line: string) => void,
+    private readonly intervalMs: number,
+  ) {}
+
+  report(key: string, detail: string): void {
+    const now = Date.now();
+    const seen = this.last.get(key);
+    if (seen && now - seen.at < this.intervalMs) {
+      seen.held++;
+      return;
+    }
+    const held = seen?.held ? ` (and ${seen.held} more like it in the last ${Math.round((now - seen.at) / 1000)} s)` : '';
+    this.write(`${new Date(now).toISOString()} ${key}${detail}${held}`);
+    this.last.set(key, { at: now, held: 0 });
+  }
 }
