@@ -126,7 +126,7 @@ export async function fsckCommand(argv: string[]): Promise<number> {
       );
     }
     console.log(
-      `kvfs fsck: checked ${s.inodes} inodes (${s.dirs} directories, ${s.files} files), ${s.entries} entries, ${s.blockRefs} block references, ${s.storedBlocks} stored blocks`,
+      `kvfs fsck: checked ${s.inodes} inodes (${s.dirs} directories, ${s.files} files), ${s.entries} entries, ${s.blockRefs} block references (a block with its parts counts once), ${s.storedBlocks} stored objects (blocks and parts)`,
     );
     const found = report.rounds.flatMap((r) => r.problems);
     const orphans = first.orphans.length ? `; ${first.orphans.length} orphan${first.orphans.length === 1 ? '' : 's'} pending reclaim` : '';
