@@ -662,28 +662,8 @@ export class Meta {
   private async trimChunks(tx: KvTxn, attr: Attr, size: number): Promise<{ ids: number[]; more: boolean }> {
     const ino = attr.ino;
     const firstDropped = Math.ceil(size / this.blockSize); // first block index entirely beyond size
-    const boundaryChunk = chunkOf(firstDropped);
-    const ids: number[] = [];
-    const fromKey = keys.chunk(ino, boundaryChunk);
-    const chunks = (await tx.scan(keys.chunks(ino), { startAfter: keyBefore(fromKey), limit: CHUNKS_PER_TXN + 1 })).filter(
-      ({ key }) => key >= fromKey,
-    );
-    const more = chunks.length > CHUNKS_PER_TXN;
-    for (const { key, value } of chunks.slice(0, CHUNKS_PER_TXN)) {
-      const chunk = keys.chunkIndexOf(key);
-      const map = decodeChunk(value);
-      let changed = false;
-      for (const [i, ref] of map) {
-        if (chunk * CHUNK_BLOCKS + i >= firstDropped) {
-          ids.push(...refIds(ref));
-          attr.used -= ref.len;
-          map.delete(i);
-          changed = true;
-        }
-      }
-      if (map.size === 0) tx.delete(key);
-      else if (changed) tx.put(key, encodeChunk(map));
-    }
+    const { ids, next } = await this.dropBlockRefs(tx, attr, firstDropped, Infinity);
+    const more = next !== undefined;
     // The block that straddles `size` keeps its id but stops counting bytes past the new end, so a
     // later extension reads zeros there.
     const tail = size % this.blockSize;
@@ -699,6 +679,38 @@ export class Meta {
       }
     }
     return { ids, more };
+  }
+
+  /**
+   * Removes the references to blocks [first, end) of `attr`'s file in the caller's transaction
+   * (attr.used follows), from the chunk key holding `first` on, at most CHUNKS_PER_TXN chunk keys;
+   * chunk keys left empty are deleted. Returns the released ids, and the chunk to go on from when
+   * keys in the range remain beyond this transaction's share.
+   */
+  private async dropBlockRefs(tx: KvTxn, attr: Attr, first: number, end: number): Promise<{ ids: number[]; next?: number }> {
+    const ino = attr.ino;
+    const fromKey = keys.chunk(ino, chunkOf(first));
+    const endKey = Number.isFinite(end) ? keys.chunk(ino, chunkOf(end - 1) + 1) : undefined;
+    const chunks = (await tx.scan(keys.chunks(ino), { startAfter: keyBefore(fromKey), limit: CHUNKS_PER_TXN + 1 })).filter(
+      ({ key }) => key >= fromKey && (endKey === undefined || key < endKey),
+    );
+    const ids: number[] = [];
+    for (const { key, value } of chunks.slice(0, CHUNKS_PER_TXN)) {
+      const chunk = keys.chunkIndexOf(key);
+      const map = decodeChunk(value);
+      let changed = false;
+      for (const [i, ref] of map) {
+        const index = chunk * CHUNK_BLOCKS + i;
+        if (index < first || index >= end) continue;
+        ids.push(...refIds(ref));
+        attr.used -= ref.len;
+        map.delete(i);
+        changed = true;
+      }
+      if (map.size === 0) tx.delete(key);
+      else if (changed) tx.put(key, encodeChunk(map));
+    }
+    return { ids, next: chunks.length > CHUNKS_PER_TXN ? keys.chunkIndexOf(chunks[CHUNKS_PER_TXN].key) : undefined };
   }
 
   /** Sets a file's size; blocks beyond the new end are released (returned for deletion). */
@@ -738,42 +750,20 @@ export class Meta {
    */
   async clearBlocks(ino: number, first: number, end: number): Promise<{ attr: Attr; released: number[] }> {
     const released: number[] = [];
-    let from = chunkOf(first);
-    const endKey = keys.chunk(ino, chunkOf(end - 1) + 1);
-    for (;;) {
+    for (let from = first; ; ) {
       const result = await this.kv.txn(async (tx) => {
         const attr = await this.attrIn(tx, ino);
         if (attr.type !== 'file') throw new FsError(attr.type === 'dir' ? 'EISDIR' : 'EINVAL');
-        const ids: number[] = [];
-        const fromKey = keys.chunk(ino, from);
-        const chunks = (await tx.scan(keys.chunks(ino), { startAfter: keyBefore(fromKey), limit: CHUNKS_PER_TXN + 1 })).filter(
-          ({ key }) => key >= fromKey && key < endKey,
-        );
-        for (const { key, value } of chunks.slice(0, CHUNKS_PER_TXN)) {
-          const chunk = keys.chunkIndexOf(key);
-          const map = decodeChunk(value);
-          let changed = false;
-          for (const [i, ref] of map) {
-            const index = chunk * CHUNK_BLOCKS + i;
-            if (index < first || index >= end) continue;
-            ids.push(...refIds(ref));
-            attr.used -= ref.len;
-            map.delete(i);
-            changed = true;
-          }
-          if (map.size === 0) tx.delete(key);
-          else if (changed) tx.put(key, encodeChunk(map));
-        }
+        const dropped = await this.dropBlockRefs(tx, attr, from, end);
         const now = nowNs();
         attr.mtime = now;
         attr.ctime = now;
         tx.put(keys.attr(ino), encodeAttr(attr));
-        const next = chunks.length > CHUNKS_PER_TXN ? keys.chunkIndexOf(chunks[CHUNKS_PER_TXN].key) : undefined;
-        return { attr, ids, next };
+        return { attr, ...dropped };
       });
       released.push(...result.ids);
       if (result.next === undefined) return { attr: result.attr, released };
-      from = result.next;
+      from = Math.max(first, result.next * CHUNK_BLOCKS);
     }
   }
 
