@@ -6,7 +6,7 @@ import { FsError } from '../errors';
 import type { BlockStore } from '../data/store';
 import type { Meta, Unlinked } from '../meta/meta';
 import type { KvSession } from '../meta/kv';
-import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, modeOfType, nowNs, typeOfMode } from '../meta/schema';
+import { Attr, ChunkMap, Entry, FileType, ROOT_INO, encodeAttr, encodeEntry, keys, nowNs, typeBits, typeOfMode } from '../meta/schema';
 import { DirtyBudget } from './budget';
 import { BlockCache, splitCacheSize } from './cache';
 import { OpenFile } from './file';
@@ -342,8 +342,8 @@ export class Filesystem {
     const parent = parts.length === 0 ? ROOT_INO : await this.resolve('/' + parts.slice(0, -1).join('/'));
     const entries = await this.meta.readdir(ino);
     for (const entry of entries) this.rememberEntry(ino, entry);
-    const dirMode = modeOfType('dir');
-    return [{ name: '.', ino, mode: dirMode }, { name: '..', ino: parent, mode: dirMode }, ...entries.map((e) => ({ name: e.name, ino: e.ino, mode: modeOfType(e.type) }))];
+    const dirMode = typeBits('dir');
+    return [{ name: '.', ino, mode: dirMode }, { name: '..', ino: parent, mode: dirMode }, ...entries.map((e) => ({ name: e.name, ino: e.ino, mode: typeBits(e.type) }))];
   }
 
   private async createNode(path: string, type: FileType, perm: number, caller: Caller, extra: { rdev?: number; target?: string } = {}): Promise<Attr> {

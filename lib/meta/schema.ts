@@ -71,11 +71,6 @@ export function typeBits(type: FileType): number {
   return TYPE_BITS[type];
 }
 
-/** The S_IFMT bits of a file type (directory listings carry them as d_type). */
-export function modeOfType(type: FileType): number {
-  return TYPE_BITS[type];
-}
-
 export function typeOfMode(mode: number): FileType | undefined {
   const bits = mode & S_IFMT;
   for (const [name, value] of Object.entries(TYPE_BITS)) if (value === bits) return name as FileType;
