@@ -252,11 +252,16 @@ export class OpenFile {
   /** Close-to-open: forget the cached block map (when nothing local depends on it). */
   revalidate(attr: Attr): void {
     if (this.hasPendingWrites) return;
+    this.mapsReplaced();
+    this.prefetchedThrough = -1;
+    this.size = attr.size;
+  }
+
+  /** The committed block maps changed under this file (by anyone): forget the cached ones. */
+  private mapsReplaced(): void {
     this.generation++;
     this.chunks.clear();
     this.chunkLoads.clear();
-    this.prefetchedThrough = -1;
-    this.size = attr.size;
   }
 
   /**
@@ -745,9 +750,7 @@ export class OpenFile {
       const edges: Array<[number, number]> = first < last ? [[offset, first * bs], [last * bs, end]] : [[offset, end]];
       if (first < last) {
         const { attr, released } = await this.meta.clearBlocks(this.ino, first, last);
-        this.generation++;
-        this.chunks.clear();
-        this.chunkLoads.clear();
+        this.mapsReplaced();
         this.options.onCommit(attr);
         if (released.length) this.releaseBlocks(released);
       }
@@ -760,9 +763,7 @@ export class OpenFile {
   private async resizeLocked(size: number): Promise<Attr> {
     await this.flush();
     const { attr, released } = await this.meta.truncate(this.ino, size);
-    this.generation++;
-    this.chunks.clear();
-    this.chunkLoads.clear();
+    this.mapsReplaced();
     this.size = attr.size;
     if (released.length) this.releaseBlocks(released);
     return attr;

@@ -217,8 +217,13 @@ export class Filesystem {
   private async attrOf(ino: number): Promise<Attr> {
     const cached = this.attrCached(ino);
     if (cached) return cached;
-    const before = this.openState(ino);
-    return this.fromStore(await this.meta.getattr(ino), before);
+    return this.readAttr(ino, () => this.meta.getattr(ino));
+  }
+
+  /** Attributes of `ino` from a store request (a read or a change), through fromStore(). */
+  private async readAttr(ino: number, request: () => Promise<Attr>): Promise<Attr> {
+    const before = this.openState(ino); // before the request starts: see OpenFile.adopt
+    return this.fromStore(await request(), before);
   }
 
   /** The inode's open file and its generation, before a read of its attributes from the store. */
@@ -286,8 +291,7 @@ export class Filesystem {
     this.writable();
     const ino = await this.resolve(path);
     await this.files.get(ino)?.flush();
-    const before = this.openState(ino);
-    this.fromStore(await change(ino), before);
+    await this.readAttr(ino, () => change(ino));
   }
 
   chmod(path: string, mode: number): Promise<void> {
@@ -422,8 +426,7 @@ export class Filesystem {
     const ino = await this.resolve(from);
     const { parentPath, name } = parentAndName(to);
     const parent = await this.resolve(parentPath);
-    const before = this.openState(ino);
-    const attr = this.fromStore(await this.meta.link(ino, parent, name), before);
+    const attr = await this.readAttr(ino, () => this.meta.link(ino, parent, name));
     this.attrs.delete(parent);
     this.rememberEntry(parent, { name, ino, type: attr.type });
   }
@@ -683,8 +686,7 @@ export class Filesystem {
       const attr = await this.attrOf(handle.ino);
       const now = nowNs();
       if (attr.atime <= attr.mtime || attr.atime <= attr.ctime || now - attr.atime > DAY_NS) {
-        const before = this.openState(handle.ino);
-        this.fromStore(await this.meta.setAtime(handle.ino, now), before);
+        await this.readAttr(handle.ino, () => this.meta.setAtime(handle.ino, now));
       }
     } catch {
       // An access time is not worth failing a read for.
